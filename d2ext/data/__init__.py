@@ -1,0 +1,2 @@
+from . import datasets  # noqa: F401  (registers the built-in datasets)
+from .image_io import read_image_any

@@ -1,0 +1,39 @@
+"""Config set-up shared by the tools: file + overrides, device, dataset registration."""
+import logging
+
+import torch
+
+from ..config import get_d2ext_cfg
+from ..data.datasets import register_datasets_from_cfg
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device):
+    """MODEL.DEVICE "auto" -> "cuda" if available, else Apple "mps", else "cpu"."""
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"MODEL.DEVICE={device!r} but CUDA is not available here; set "
+                               "MODEL.DEVICE auto (or cpu).")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        # Ops without an MPS kernel need PYTORCH_ENABLE_MPS_FALLBACK=1 (see README).
+        return "mps"
+    return "cpu"
+
+
+def setup_cfg(config_file="", opts=(), coco_datasets=()):
+    """A d2ext config from ``config_file`` and ``opts`` (KEY VALUE ...), with MODEL.DEVICE
+    resolved and the datasets it names registered. ``coco_datasets`` holds extra
+    (name, json_file, image_root) triples, e.g. from ``--register-coco``."""
+    cfg = get_d2ext_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.DATASETS.COCO_INSTANCES = [list(e) for e in cfg.DATASETS.COCO_INSTANCES] + \
+        [list(e) for e in coco_datasets]
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
+    register_datasets_from_cfg(cfg)
+    return cfg

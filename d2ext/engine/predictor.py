@@ -1,0 +1,40 @@
+"""Single-image inference and drawing, with detectron2's DefaultPredictor and Visualizer."""
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+
+def load_predictor(cfg):
+    """``DefaultPredictor`` for ``cfg`` (BGR image in, model outputs out).
+
+    When MODEL.WEIGHTS (the whole model) is set it overwrites the ViT anyway, so the ViT's own
+    pretrained weights (MODEL.DINO.WEIGHTS) are not loaded first.
+    """
+    cfg = cfg.clone()
+    cfg.defrost()
+    if cfg.MODEL.WEIGHTS:
+        cfg.MODEL.DINO.WEIGHTS = ""
+    return DefaultPredictor(cfg)
+
+
+def predictor_metadata(cfg):
+    names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+    return MetadataCatalog.get(names[0] if names else "__unused")
+
+
+def draw_predictions(image_bgr, outputs, metadata, confidence_threshold=0.5):
+    """Draw ``outputs`` (instances, sem_seg or panoptic_seg) on the image; returns RGB uint8."""
+    visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    if "panoptic_seg" in outputs:
+        panoptic, segments = outputs["panoptic_seg"]
+        vis = visualizer.draw_panoptic_seg(panoptic.to("cpu"), segments)
+    elif "instances" in outputs:
+        instances = outputs["instances"].to("cpu")
+        if instances.has("scores"):
+            instances = instances[instances.scores >= confidence_threshold]
+        vis = visualizer.draw_instance_predictions(instances)
+    elif "sem_seg" in outputs:
+        vis = visualizer.draw_sem_seg(outputs["sem_seg"].argmax(dim=0).to("cpu"))
+    else:
+        raise ValueError(f"nothing to draw in the model's outputs (keys: {sorted(outputs)})")
+    return vis.get_image()

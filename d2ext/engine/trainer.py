@@ -1,0 +1,80 @@
+"""detectron2's DefaultTrainer, set up for d2ext models."""
+import logging
+import os
+import weakref
+
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import AtomicCheckpointer
+from ..solver import build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with: COCO / semantic evaluators chosen by the dataset's
+    ``evaluator_type``; the DINO optimizer (backbone LR multiplier, layer decay, clipping);
+    the best checkpoint kept by TEST.BEST_CHECKPOINT_METRIC; crash-safe checkpoint writes;
+    multi-process training on CPU (gloo); AMP on CUDA with SOLVER.AMP.PRECISION."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, except that DDP gets no device ids for CPU models (DDP
+        # rejects them) and the step trainer and checkpointer are d2ext's.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 **({} if on_cuda else {"device_ids": None}))
+        self._trainer = self._build_step_trainer(cfg, model, data_loader, optimizer, on_cuda)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @staticmethod
+    def _build_step_trainer(cfg, model, data_loader, optimizer, on_cuda):
+        if cfg.SOLVER.AMP.ENABLED and on_cuda:
+            return AMPTrainer(model, data_loader, optimizer,
+                              precision=getattr(torch, cfg.SOLVER.AMP.PRECISION))
+        if cfg.SOLVER.AMP.ENABLED:
+            logger.warning("SOLVER.AMP.ENABLED is set but the model is not on CUDA; "
+                           "training in float32.")
+        return SimpleTrainer(model, data_loader, optimizer)
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        cfg = self.cfg
+        if comm.is_main_process() and cfg.TEST.EVAL_PERIOD > 0 and cfg.TEST.BEST_CHECKPOINT_METRIC:
+            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
+            ret.insert(at, hooks.BestCheckpointer(
+                cfg.TEST.EVAL_PERIOD, self.checkpointer, cfg.TEST.BEST_CHECKPOINT_METRIC,
+                mode=cfg.TEST.BEST_CHECKPOINT_MODE, file_prefix="model_best"))
+        return ret
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        kind = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
+        if kind == "sem_seg":
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        if kind == "coco":
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        raise NotImplementedError(f"dataset {dataset_name!r}: no evaluator for "
+                                  f"evaluator_type {kind!r}")
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)

@@ -1,0 +1,173 @@
+"""DINOv2 / DINOv3 ViTs from transformers as a detectron2 Backbone with a true stride of 16."""
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+from .dino_weights import load_dino_weights
+
+logger = logging.getLogger(__name__)
+
+# The grid every d2ext backbone presents to detectron2, whatever the ViT's patch size.
+DINO_STRIDE = 16
+
+
+@dataclass(frozen=True)
+class DinoArch:
+    family: str  # "dinov2", "dinov2_reg" or "dinov3"
+    width: int
+    depth: int
+    heads: int
+    patch: int
+    mlp: int  # hidden width of the MLP (gated MLPs: of each branch)
+    gated: bool = False  # SwiGLU MLP
+    hub_id: str = ""  # the official transformers weights for this architecture
+
+    @property
+    def num_prefix_tokens(self):
+        return 1 + (0 if self.family == "dinov2" else 4)
+
+
+def _v2(width, depth, heads, hub, gated=False, reg=False):
+    return DinoArch("dinov2_reg" if reg else "dinov2", width, depth, heads, 14, 4 * width, gated,
+                    hub)
+
+
+def _v3(width, depth, heads, mlp, hub, gated=False):
+    return DinoArch("dinov3", width, depth, heads, 16, mlp, gated, hub)
+
+
+_V3_HUB = "facebook/dinov3-{}-pretrain-lvd1689m"
+DINO_ARCHS = {
+    "dinov2_vits14": _v2(384, 12, 6, "facebook/dinov2-small"),
+    "dinov2_vitb14": _v2(768, 12, 12, "facebook/dinov2-base"),
+    "dinov2_vitl14": _v2(1024, 24, 16, "facebook/dinov2-large"),
+    "dinov2_vitg14": _v2(1536, 40, 24, "facebook/dinov2-giant", gated=True),
+    "dinov2_vits14_reg": _v2(384, 12, 6, "facebook/dinov2-with-registers-small", reg=True),
+    "dinov2_vitb14_reg": _v2(768, 12, 12, "facebook/dinov2-with-registers-base", reg=True),
+    "dinov2_vitl14_reg": _v2(1024, 24, 16, "facebook/dinov2-with-registers-large", reg=True),
+    "dinov2_vitg14_reg": _v2(1536, 40, 24, "facebook/dinov2-with-registers-giant", True, True),
+    "dinov3_vits16": _v3(384, 12, 6, 1536, _V3_HUB.format("vits16")),
+    "dinov3_vitsplus16": _v3(384, 12, 6, 1536, _V3_HUB.format("vits16plus"), gated=True),
+    "dinov3_vitb16": _v3(768, 12, 12, 3072, _V3_HUB.format("vitb16")),
+    "dinov3_vitl16": _v3(1024, 24, 16, 4096, _V3_HUB.format("vitl16")),
+    "dinov3_vithplus16": _v3(1280, 32, 20, 5120, _V3_HUB.format("vith16plus"), gated=True),
+    # Tiny random-weight architectures for tests and the CPU quickstart.
+    "dinov2_tiny14": DinoArch("dinov2", 64, 4, 2, 14, 128),
+    "dinov2_tiny14_reg": DinoArch("dinov2_reg", 64, 4, 2, 14, 128),
+    "dinov3_tiny16": DinoArch("dinov3", 64, 4, 2, 16, 128),
+}
+
+
+def build_hf_vit(arch: DinoArch, drop_path_rate=0.0):
+    """A randomly initialised transformers ViT of the given architecture."""
+    from transformers import (Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig,
+                              Dinov2WithRegistersModel, DINOv3ViTConfig, DINOv3ViTModel)
+
+    common = dict(hidden_size=arch.width, num_hidden_layers=arch.depth,
+                  num_attention_heads=arch.heads, patch_size=arch.patch,
+                  drop_path_rate=drop_path_rate)
+    if arch.family == "dinov3":
+        config = DINOv3ViTConfig(**common, intermediate_size=arch.mlp, use_gated_mlp=arch.gated,
+                                 hidden_act="silu" if arch.gated else "gelu",
+                                 num_register_tokens=4)
+        return DINOv3ViTModel(config)
+    v2 = dict(common, mlp_ratio=arch.mlp // arch.width, use_swiglu_ffn=arch.gated, image_size=518)
+    if arch.family == "dinov2_reg":
+        return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**v2, num_register_tokens=4))
+    return Dinov2Model(Dinov2Config(**v2))
+
+
+def _hf_blocks(vit):
+    encoder = vit.model if hasattr(vit, "model") else vit.encoder  # DINOv3 / DINOv2
+    return encoder.layer
+
+
+class DinoViTBackbone(Backbone):
+    """A DINOv2 / DINOv3 ViT (transformers) as a detectron2 backbone.
+
+    Input: (N, 3, H, W) normalised images, any H and W. Output: ``{"vit": (N, C, ceil(H/16),
+    ceil(W/16))}`` with C = width x len(out_blocks): the layer-normed patch tokens of the chosen
+    blocks, concatenated along channels. The stride is exactly 16 for every patch size: the
+    image is zero-padded to a multiple of 16 and, for patch-14 models, resampled by 14/16 so each
+    14-pixel patch covers one 16-pixel cell of the input (see ``forward``).
+    """
+
+    def __init__(self, arch="dinov3_vits16", weights="", out_blocks=(-1,), freeze_blocks=0,
+                 drop_path_rate=0.0, gradient_checkpointing=False):
+        super().__init__()
+        if arch not in DINO_ARCHS:
+            raise ValueError(f"MODEL.DINO.ARCH: unknown architecture {arch!r}; "
+                             f"choose one of {sorted(DINO_ARCHS)}")
+        self.arch = DINO_ARCHS[arch]
+        self.vit = build_hf_vit(self.arch, drop_path_rate)
+        if weights:
+            load_dino_weights(self.vit, weights, arch_name=arch)
+        depth = self.arch.depth
+        blocks = [b + depth if b < 0 else b for b in out_blocks]
+        if not blocks or any(not 0 <= b < depth for b in blocks):
+            raise ValueError(f"MODEL.DINO.OUT_BLOCKS={list(out_blocks)}: block indices must lie "
+                             f"in [-{depth}, {depth - 1}] for {arch}")
+        self.out_blocks = blocks
+        self.num_blocks = depth
+        # Dinov2 calls its final norm `layernorm`, DINOv3 `norm`; every chosen block gets it, as
+        # in DINOv2's get_intermediate_layers(norm=True).
+        self._norm_name = "layernorm" if hasattr(self.vit, "layernorm") else "norm"
+        self._freeze(freeze_blocks)
+        if gradient_checkpointing:
+            self.vit.gradient_checkpointing_enable()
+        self._out_features = ["vit"]
+        self._out_feature_channels = {"vit": self.arch.width * len(blocks)}
+        self._out_feature_strides = {"vit": DINO_STRIDE}
+
+    def _freeze(self, freeze_blocks):
+        if freeze_blocks == 0:
+            return
+        frozen = [self.vit] if freeze_blocks < 0 else (
+            [self.vit.embeddings] + list(_hf_blocks(self.vit))[:freeze_blocks])
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def size_divisibility(self):
+        return DINO_STRIDE
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        grid_h, grid_w = math.ceil(h / DINO_STRIDE), math.ceil(w / DINO_STRIDE)
+        x = F.pad(x, (0, grid_w * DINO_STRIDE - w, 0, grid_h * DINO_STRIDE - h))
+        if self.arch.patch != DINO_STRIDE:
+            # Without antialiasing and with align_corners=False every output pixel of patch
+            # (i, j) interpolates input pixels of cell (i, j) only, so token (i, j) sees exactly
+            # the 16x16 input cell (i, j): boxes and masks stay aligned at stride 16.
+            x = F.interpolate(x, size=(grid_h * self.arch.patch, grid_w * self.arch.patch),
+                              mode="bilinear", align_corners=False, antialias=False)
+        hidden = self.vit(pixel_values=x, output_hidden_states=True).hidden_states
+        skip = self.arch.num_prefix_tokens
+        final_norm = getattr(self.vit, self._norm_name)
+        maps = []
+        for b in self.out_blocks:
+            tokens = final_norm(hidden[b + 1])[:, skip:]
+            maps.append(tokens.transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w))
+        return {"vit": maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)}
+
+    def output_shape(self):
+        return {"vit": ShapeSpec(channels=self._out_feature_channels["vit"], stride=DINO_STRIDE)}
+
+    @classmethod
+    def from_config(cls, cfg):
+        d = cfg.MODEL.DINO
+        return dict(arch=d.ARCH, weights=d.WEIGHTS, out_blocks=tuple(d.OUT_BLOCKS),
+                    freeze_blocks=d.FREEZE_BLOCKS, drop_path_rate=d.DROP_PATH_RATE,
+                    gradient_checkpointing=d.GRADIENT_CHECKPOINTING)
+
+
+@BACKBONE_REGISTRY.register()
+def build_dino_vit_backbone(cfg, input_shape):
+    """The bare DINO ViT (one stride-16 map named "vit"); for heads that take it directly."""
+    return DinoViTBackbone(**DinoViTBackbone.from_config(cfg))

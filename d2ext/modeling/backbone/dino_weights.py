@@ -1,0 +1,105 @@
+"""Loading pretrained DINO weights: transformers hub id, local directory or state-dict file."""
+import logging
+import os
+import re
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+class DinoWeightsError(RuntimeError):
+    """Pretrained DINO weights could not be found or do not fit the configured architecture."""
+
+
+def _hub_error(weights, arch_name, err):
+    gated = ("DINOv3 repositories on the Hugging Face hub are gated: accept the licence on the "
+             f"model page of {weights!r} with your account and log in (`hf auth login`, or set "
+             "HF_TOKEN) before the first download. ") if "dinov3" in weights.lower() else ""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    return DinoWeightsError(
+        f"MODEL.DINO.WEIGHTS={weights!r} (for MODEL.DINO.ARCH={arch_name!r}) could not be loaded: "
+        f"it is neither a local path nor a hub id in the local cache "
+        f"(HF_HUB_OFFLINE={'1' if offline else 'unset'}, cache: "
+        f"{os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})"
+        f". {gated}On a machine without internet, download the model elsewhere "
+        "(`hf download <id> --local-dir DIR` or `save_pretrained(DIR)`), copy DIR here and set "
+        "MODEL.DINO.WEIGHTS=DIR, or point it to a `.pth` state dict; MODEL.DINO.WEIGHTS='' "
+        f"builds the model with random weights. Cause: {type(err).__name__}: {err}")
+
+
+def _read_state_dict_file(path):
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "teacher"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _strip_prefix(state, target_keys):
+    """Drop a leading prefix (e.g. "backbone.vit.", "module.") so keys match the model's."""
+    if any(k in target_keys for k in state):
+        return state
+    for key in state:
+        for target in target_keys:
+            if key.endswith("." + target):
+                prefix = key[: -len(target)]
+                return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def load_dino_weights(vit, weights, arch_name=""):
+    """Load ``weights`` into the transformers ViT ``vit`` (built from MODEL.DINO.ARCH).
+
+    ``weights`` is a local ``save_pretrained`` directory, a state-dict file (.pth/.pt/.bin/
+    .safetensors, optionally wrapped in "model"/"state_dict" and prefixed), or a hub id.
+    Every parameter of the model must be found with its shape, else DinoWeightsError names the
+    mismatch: weights never load partially by accident.
+    """
+    if os.path.isfile(weights):
+        state = _read_state_dict_file(weights)
+    elif os.path.isdir(weights):
+        try:
+            state = type(vit).from_pretrained(weights).state_dict()
+        except (OSError, ValueError) as err:
+            raise DinoWeightsError(
+                f"MODEL.DINO.WEIGHTS={weights!r}: the directory holds no transformers "
+                f"{type(vit).__name__} (config.json and weights written by save_pretrained). "
+                f"Cause: {err}") from err
+    elif _HUB_ID.fullmatch(weights) and not weights.endswith(_STATE_DICT_SUFFIXES):
+        try:
+            state = type(vit).from_pretrained(weights).state_dict()
+        except (OSError, ValueError) as err:
+            raise _hub_error(weights, arch_name, err) from err
+    else:
+        raise DinoWeightsError(
+            f"MODEL.DINO.WEIGHTS={weights!r}: no such file or directory, and not a hub id "
+            "('owner/name'). Give a local save_pretrained directory, a .pth/.safetensors state "
+            "dict, or a hub id such as 'facebook/dinov2-small'.")
+    own = vit.state_dict()
+    state = _strip_prefix(state, own)
+    if any(k.startswith(("blocks.", "patch_embed.")) for k in state):
+        raise DinoWeightsError(
+            f"MODEL.DINO.WEIGHTS={weights!r} holds an original facebookresearch checkpoint "
+            "(keys 'blocks.*', 'patch_embed.*'); d2ext reads transformers' layout. Use the hub "
+            "id or a save_pretrained directory of the same model instead.")
+    missing = [k for k in own if k not in state]
+    wrong = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in {arch_name}"
+             for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or wrong:
+        raise DinoWeightsError(
+            f"MODEL.DINO.WEIGHTS={weights!r} does not fit MODEL.DINO.ARCH={arch_name!r}: "
+            f"{len(missing)} parameters missing (e.g. {missing[:3]}), {len(wrong)} of another "
+            f"shape (e.g. {wrong[:3]}). Set MODEL.DINO.ARCH to the architecture of the weights.")
+    vit.load_state_dict({k: state[k] for k in own})
+    unused = len(set(state) - set(own))
+    logger.info(f"Loaded DINO weights from {weights} ({len(own)} tensors"
+                + (f", {unused} unused)" if unused else ")"))

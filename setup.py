@@ -1,0 +1,36 @@
+"""d2ext: DINOv2/DINOv3 backbones and foundation-model heads for detectron2.
+
+detectron2 itself is not on PyPI: install it from its GitHub source first (see README.md).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="d2ext",
+    version="0.1.0",
+    description="DINOv2/DINOv3 backbones, Mask2Former-style and SAM-prompt heads for detectron2",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["d2ext", "d2ext.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch and torchvision move in lock step: keep the pair matched, and build detectron2
+        # against the torch you install.
+        "torch>=2.4,<2.15",
+        "torchvision>=0.19,<0.30",
+        "transformers>=5.0,<6",
+        "safetensors",
+        "pycocotools>=2.0.7",
+        "scipy>=1.10",
+        "numpy",
+        "Pillow",
+        "opencv-python-headless",
+        "matplotlib",
+        "tqdm",
+        "setuptools<81",  # detectron2.model_zoo imports pkg_resources
+    ],
+    extras_require={
+        "sam": ["segment-anything>=1.0"],
+        "fiftyone": ["fiftyone>=1.0"],
+        "dev": ["pytest>=7"],
+    },
+)
