@@ -109,7 +109,7 @@ def load_open_images(name, classes=DEFAULT_CLASSES, source_dir=None, split="vali
                           "the Open Images V7 segmentation classes")
         missing = None
         dataset = foz.load_zoo_dataset("open-images-v7", split=split, dataset_name=name,
-                                       overwrite=overwrite, **common)
+                                       drop_existing_dataset=overwrite, **common)
     if len(dataset) == 0:
         dataset.delete()
         raise CurationError(f"no images with masks of {classes} found "
