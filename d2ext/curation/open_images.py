@@ -105,11 +105,16 @@ def load_open_images(name, classes=DEFAULT_CLASSES, source_dir=None, split="vali
         import fiftyone.utils.openimages as fouo
         import fiftyone.zoo as foz
 
-        check_class_names(classes, fouo.get_segmentation_classes(version="v7"),
-                          "the Open Images V7 segmentation classes")
         missing = None
-        dataset = foz.load_zoo_dataset("open-images-v7", split=split, dataset_name=name,
-                                       drop_existing_dataset=overwrite, **common)
+        try:
+            check_class_names(classes, fouo.get_segmentation_classes(version="v7"),
+                              "the Open Images V7 segmentation classes")
+            dataset = foz.load_zoo_dataset("open-images-v7", split=split, dataset_name=name,
+                                           drop_existing_dataset=overwrite, **common)
+        except OSError as err:  # requests' ConnectionError is an OSError too
+            raise CurationError(f"cannot download Open Images V7 from the FiftyOne zoo "
+                                f"({type(err).__name__}: {err}). Offline, load a local copy "
+                                "with --source-dir DIR.") from err
     if len(dataset) == 0:
         dataset.delete()
         raise CurationError(f"no images with masks of {classes} found "
