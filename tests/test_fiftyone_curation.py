@@ -3,6 +3,7 @@
 import os
 import shlex
 import socket
+import subprocess
 import sys
 import tempfile
 import urllib.error
@@ -32,12 +33,33 @@ import curate_fiftyone  # noqa: E402
 import train_net  # noqa: E402
 
 
+# mongod (300 MB of journal here) outlives this process by a moment; a detached helper removes
+# its directory once this process has exited and mongod has shut down cleanly (mongod empties
+# mongod.lock on shutdown).
+_CLEANER = """
+import os, shutil, sys, time
+pid, db = int(sys.argv[1]), sys.argv[2]
+lock = os.path.join(db, "mongod.lock")
+for _ in range(600):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        if not os.path.exists(lock) or os.path.getsize(lock) == 0:
+            break
+    time.sleep(0.5)
+shutil.rmtree(db, ignore_errors=True)
+"""
+
+
 @pytest.fixture(scope="module")
 def fo():
     fo = cur.require_fiftyone()  # starts mongod once for the module
     yield fo
     for name in fo.list_datasets("d2ext-test-*"):
         fo.delete_dataset(name)
+    subprocess.Popen([sys.executable, "-c", _CLEANER, str(os.getpid()), _DB_DIR],
+                     start_new_session=True, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +123,7 @@ def test_empty_split_is_refused_without_writing(curated, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_printed_command_trains_and_predictions_come_back(curated, capsys):
+def test_printed_command_trains_and_predictions_come_back(curated, capsys, monkeypatch):
     dataset, tmp = curated["dataset"], curated["tmp"]
     out = str(tmp / "export2")
     assert curate_fiftyone.main(["export", "--dataset", dataset.name, "--out", out,
@@ -111,10 +133,11 @@ def test_printed_command_trains_and_predictions_come_back(curated, capsys):
     assert argv[:2] == ["python", "tools/train_net.py"]
     output_dir = str(tmp / "train")
     args = train_net.argument_parser().parse_args(argv[2:] + [
-        "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0",
+        "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
         "DATALOADER.NUM_WORKERS", "0", "D2EXT.SAVE_DEMO_IMAGE", "False",
         "OUTPUT_DIR", output_dir])
-    os.chdir(ROOT)  # the command's config path is relative to the repository
+    monkeypatch.chdir(ROOT)  # the command's config path is relative to the repository
     train_net.main(args)
     weights = os.path.join(output_dir, "model_final.pth")
     assert os.path.isfile(weights)

@@ -163,7 +163,12 @@ def argument_parser():
 
 def main(argv=None):
     args = argument_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # d2ext's own messages only: FiftyOne prints its own, and a root handler would repeat them.
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     try:
         args.func(args)
     except (CurationError, FiftyOneUnavailable, DatasetError) as err:

@@ -16,7 +16,7 @@ def instances_to_detections(instances, classes, image_size):
     """detectron2 ``Instances`` (pred_boxes XYXY pixels, pred_classes, scores, pred_masks
     (N, H, W) bool) -> ``fo.Detections``; each mask is cropped to its box, as FiftyOne stores
     instance masks, and the box is widened to whole pixels so mask and box stay aligned."""
-    fo = require_fiftyone()
+    import fiftyone as fo  # the caller holds a FiftyOne collection, so it is importable
     height, width = image_size
     boxes = instances.pred_boxes.tensor.tolist()
     masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
@@ -52,6 +52,7 @@ def add_predictions(collection, cfg, classes=None, pred_field="predictions",
     if not classes:
         raise CurationError(f"dataset {collection.name!r} has no default_classes; pass --classes "
                             "in the model's class order.")
+    require_fiftyone()
     predictor = load_predictor(cfg)
     stats = {"predicted": 0, "missing_images": 0}
     for sample in collection.iter_samples(autosave=True, progress=True):
