@@ -24,7 +24,7 @@ GT_FIELD = "ground_truth"  # the field FiftyOne's Open Images importer fills (on
 
 
 def check_class_names(classes, valid_names, source):
-    """Raise :class:`CurationError` for names not in ``valid_names``, with the closest valid ones."""
+    """Raise :class:`CurationError` for names not in ``valid_names``, listing the closest."""
     if not classes:
         raise CurationError("no class names given; pass e.g. --classes Panda Dice Duck.")
     problems = []
