@@ -72,6 +72,14 @@ def add_d2ext_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
+    # --- Training data (d2ext/data/dataset_mappers/): Mask2Former's key names ---
+    # "mask_former_instance_lsj" (COCO instances), "mask_former_semantic_lsj" (label PNGs) or ""
+    # (detectron2's DatasetMapper, for the R-CNN configs).
+    cfg.INPUT.DATASET_MAPPER_NAME = ""
+    # Large-scale jitter: fit into IMAGE_SIZE x U(MIN_SCALE, MAX_SCALE), crop to IMAGE_SIZE.
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
     # === end of the Mask2Former-style head =====================================================
 
     # --- Solver ---
