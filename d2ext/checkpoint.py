@@ -26,7 +26,16 @@ def _atomic_write(path, write):
 class AtomicCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` whose checkpoints and ``last_checkpoint`` tag are replaced
     atomically, so an interrupted save never corrupts what was saved before (``--resume``
-    always finds a whole checkpoint). Non-local save dirs fall back to detectron2's writes."""
+    always finds a whole checkpoint). Non-local save dirs fall back to detectron2's writes.
+
+    ``tag_last=False`` makes a checkpointer whose saves never become ``last_checkpoint``: the
+    best-model checkpointer uses it, so ``--resume`` continues from the latest iteration, not
+    from the best one.
+    """
+
+    def __init__(self, model, save_dir="", *, tag_last=True, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.tag_last = tag_last
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):
@@ -38,7 +47,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
         _atomic_write(path, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        if self.tag_last:
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
         if not os.path.isdir(self.save_dir):

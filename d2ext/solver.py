@@ -8,7 +8,7 @@ from .modeling.backbone.dino_vit import DinoViTBackbone
 
 _BLOCK = re.compile(r"(?:^|\.)layer\.(\d+)\.")
 # Token and position parameters get no weight decay, as in DINO's and ViTDet's recipes.
-_NO_DECAY = ("cls_token", "register_tokens", "mask_token", "position_embeddings")
+_NO_DECAY = ("cls_token", "register_tokens", "position_embeddings")
 
 
 def dino_lr_factor_func(model, backbone_multiplier=1.0, layer_decay=1.0):

@@ -59,8 +59,9 @@ class Trainer(DefaultTrainer):
         cfg = self.cfg
         if comm.is_main_process() and cfg.TEST.EVAL_PERIOD > 0 and cfg.TEST.BEST_CHECKPOINT_METRIC:
             at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
+            best = AtomicCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR, tag_last=False)
             ret.insert(at, hooks.BestCheckpointer(
-                cfg.TEST.EVAL_PERIOD, self.checkpointer, cfg.TEST.BEST_CHECKPOINT_METRIC,
+                cfg.TEST.EVAL_PERIOD, best, cfg.TEST.BEST_CHECKPOINT_METRIC,
                 mode=cfg.TEST.BEST_CHECKPOINT_MODE, file_prefix="model_best"))
         return ret
 

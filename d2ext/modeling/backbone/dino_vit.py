@@ -117,6 +117,9 @@ class DinoViTBackbone(Backbone):
         # Dinov2 calls its final norm `layernorm`, DINOv3 `norm`; every chosen block gets it, as
         # in DINOv2's get_intermediate_layers(norm=True).
         self._norm_name = "layernorm" if hasattr(self.vit, "layernorm") else "norm"
+        # The masked-image-modelling token is used only in pre-training: it never gets a
+        # gradient here, which multi-process training (DDP) would report as an error.
+        self.vit.embeddings.mask_token.requires_grad_(False)
         self._freeze(freeze_blocks)
         if gradient_checkpointing:
             self.vit.gradient_checkpointing_enable()

@@ -56,6 +56,38 @@ def _strip_prefix(state, target_keys):
     return state
 
 
+_ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "patch_size", "num_register_tokens", "intermediate_size", "mlp_ratio",
+                "use_swiglu_ffn", "use_gated_mlp")
+
+
+def _from_pretrained(vit, weights, arch_name):
+    """State dict of a save_pretrained directory or hub id, after checking its config fits."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(weights)
+    except (OSError, ValueError) as err:
+        if os.path.isdir(weights):
+            raise DinoWeightsError(
+                f"MODEL.DINO.WEIGHTS={weights!r}: the directory holds no transformers model "
+                f"(config.json and weights written by save_pretrained). Cause: {err}") from err
+        raise _hub_error(weights, arch_name, err) from err
+    differ = [f"{k}: {getattr(config, k, None)!r} there, {getattr(vit.config, k, None)!r} here"
+              for k in _ARCH_FIELDS if getattr(config, k, None) != getattr(vit.config, k, None)]
+    if differ:
+        raise DinoWeightsError(
+            f"MODEL.DINO.WEIGHTS={weights!r} does not fit MODEL.DINO.ARCH={arch_name!r} "
+            f"({'; '.join(differ)}). Set MODEL.DINO.ARCH to the architecture of the weights.")
+    try:
+        return type(vit).from_pretrained(weights).state_dict()
+    except (OSError, ValueError, RuntimeError) as err:
+        if os.path.isdir(weights):
+            raise DinoWeightsError(f"MODEL.DINO.WEIGHTS={weights!r}: its weights could not be "
+                                   f"loaded: {err}") from err
+        raise _hub_error(weights, arch_name, err) from err
+
+
 def load_dino_weights(vit, weights, arch_name=""):
     """Load ``weights`` into the transformers ViT ``vit`` (built from MODEL.DINO.ARCH).
 
@@ -66,19 +98,9 @@ def load_dino_weights(vit, weights, arch_name=""):
     """
     if os.path.isfile(weights):
         state = _read_state_dict_file(weights)
-    elif os.path.isdir(weights):
-        try:
-            state = type(vit).from_pretrained(weights).state_dict()
-        except (OSError, ValueError) as err:
-            raise DinoWeightsError(
-                f"MODEL.DINO.WEIGHTS={weights!r}: the directory holds no transformers "
-                f"{type(vit).__name__} (config.json and weights written by save_pretrained). "
-                f"Cause: {err}") from err
-    elif _HUB_ID.fullmatch(weights) and not weights.endswith(_STATE_DICT_SUFFIXES):
-        try:
-            state = type(vit).from_pretrained(weights).state_dict()
-        except (OSError, ValueError) as err:
-            raise _hub_error(weights, arch_name, err) from err
+    elif os.path.isdir(weights) or (_HUB_ID.fullmatch(weights)
+                                    and not weights.endswith(_STATE_DICT_SUFFIXES)):
+        state = _from_pretrained(vit, weights, arch_name)
     else:
         raise DinoWeightsError(
             f"MODEL.DINO.WEIGHTS={weights!r}: no such file or directory, and not a hub id "

@@ -1,0 +1,110 @@
+"""Training, evaluation, resume and multi-process runs through detectron2's trainer."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from detectron2.data import MetadataCatalog
+
+from d2ext.checkpoint import AtomicCheckpointer
+from d2ext.engine import Trainer, setup_cfg
+
+from conftest import CONFIGS, run_tool, tiny_opts
+
+TINY_MASKRCNN = ["MODEL.DINO.WEIGHTS", "", "MODEL.FPN.OUT_CHANNELS", "64",
+                 "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+                 "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "128",
+                 "SOLVER.AMP.ENABLED", "False", "DATASETS.TRAIN", "('d2ext_synthetic_train',)",
+                 "DATASETS.TEST", "('d2ext_synthetic_val',)"]
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("config, arch", [("dinov3_maskrcnn.yaml", "dinov3_tiny16"),
+                                          ("dinov2_maskrcnn.yaml", "dinov2_tiny14")])
+def test_maskrcnn_iterations_have_finite_losses(synthetic_root, tmp_path, config, arch):
+    cfg = setup_cfg(os.path.join(CONFIGS, config),
+                    tiny_opts(synthetic_root, tmp_path, max_iter=3) + TINY_MASKRCNN
+                    + ["MODEL.DINO.ARCH", arch])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    losses = [m for m in read_metrics(tmp_path) if "total_loss" in m]
+    assert losses and all(math.isfinite(m["total_loss"]) for m in losses)
+    assert {"loss_mask", "loss_cls", "loss_rpn_cls"} <= set(losses[-1])
+    assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_resume_continues_at_saved_iteration_and_best_checkpoint_is_kept(synthetic_root, tmp_path):
+    opts = tiny_opts(synthetic_root, tmp_path, max_iter=4) + [
+        "TEST.EVAL_PERIOD", "2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    trainer = Trainer(setup_cfg(os.path.join(CONFIGS, "quickstart.yaml"), opts))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert os.path.isfile(tmp_path / "model_best.pth")  # kept by BestCheckpointer (segm/AP)
+    assert any("segm/AP" in m for m in read_metrics(tmp_path))
+    first_run = [m["iteration"] for m in read_metrics(tmp_path) if "total_loss" in m]
+
+    opts[opts.index("SOLVER.MAX_ITER") + 1] = "6"
+    resumed = Trainer(setup_cfg(os.path.join(CONFIGS, "quickstart.yaml"), opts))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4  # model_final.pth was saved after iteration 3
+    assert resumed.scheduler.last_epoch == 4  # the LR schedule resumes too
+    resumed.train()
+    iterations = [m["iteration"] for m in read_metrics(tmp_path) if "total_loss" in m]
+    # metrics.json is appended, never rewritten; the resumed run logs only iterations 4..5
+    assert iterations[:len(first_run)] == first_run and first_run[-1] == 3
+    assert iterations[len(first_run):] and all(4 <= i <= 5 for i in iterations[len(first_run):])
+    assert resumed.iter == 6  # detectron2 leaves iter at max_iter after training
+
+
+def test_eval_only_on_a_coco_dataset_registered_from_the_command_line(synthetic_root, tmp_path,
+                                                                     tiny_cfg):
+    meta = MetadataCatalog.get("d2ext_synthetic_val")
+    from detectron2.data import DatasetCatalog
+
+    DatasetCatalog.get("d2ext_synthetic_val")  # make sure its files exist
+    opts = tiny_opts(synthetic_root, tmp_path) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                                                  "DATASETS.TEST", "('my_val',)"]
+    result = run_tool("tools/train_net.py", "--config-file", "configs/quickstart.yaml",
+                      "--eval-only", "--register-coco", "my_val", meta.json_file,
+                      meta.image_root, *opts)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "copypaste: Task: segm" in log and "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    assert os.path.isfile(tmp_path / "inference" / "my_val" / "coco_instances_results.json")
+
+
+def test_two_process_gloo_training(synthetic_root, tmp_path):
+    result = run_tool("tools/train_net.py", "--config-file", "configs/quickstart.yaml",
+                      "--num-gpus", "2", *tiny_opts(synthetic_root, tmp_path, max_iter=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "log.txt") as f:
+        assert "World size: 2" in f.read()
+    assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.save("model_final")
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
+
+    def crash(data, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_final")
+    monkeypatch.undo()
+    again = torch.load(tmp_path / "model_final.pth", weights_only=False)["model"]
+    assert torch.equal(again["weight"], saved["weight"])
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+    assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_final.pth")
