@@ -38,7 +38,8 @@ class MaskFormerSemanticDatasetMapper:
         if "sem_seg_file_name" not in dataset_dict:
             raise ValueError(f"{dataset_dict['file_name']}: no 'sem_seg_file_name'; "
                              "MaskFormerSemanticDatasetMapper needs semantic labels.")
-        sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("int64")
+        # float64: resizing works on it (not on int64); labels stay exact under nearest.
+        sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
         if sem_seg.ndim == 3:
             sem_seg = sem_seg[..., 0]
         aug_input = T.AugInput(image, sem_seg=sem_seg)
@@ -48,7 +49,7 @@ class MaskFormerSemanticDatasetMapper:
         dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype("int64"))
         if not self.is_train:
             return dataset_dict
-        classes = [c for c in np.unique(sem_seg) if c != self.ignore_label]
+        classes = [int(c) for c in np.unique(sem_seg) if c != self.ignore_label]
         instances = Instances(image.shape[:2])
         instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
         masks = [sem_seg == c for c in classes]

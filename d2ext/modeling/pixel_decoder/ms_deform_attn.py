@@ -21,17 +21,19 @@ def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_wei
     n, _, m, d = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
     grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1], align_corners=False
-    sampled, start = [], 0
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels, p)
+    out, start = None, 0
     for level, (h, w) in enumerate(spatial_shapes):
         h, w = int(h), int(w)
         # (N, H*W, M, D) -> (N*M, D, H, W)
         value_l = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         start += h * w
         grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (N*M, Lq, P, 2)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))  # (N*M, D, Lq, P)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * p)
-    out = (torch.cat(sampled, dim=-1) * weights).sum(-1)  # (N*M, D, Lq)
+        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (N*M, D, Lq, P)
+        # Weighted per level and accumulated: no (N*M, D, Lq, L*P) concatenation.
+        term = (sampled * weights[..., level, :]).sum(-1)  # (N*M, D, Lq)
+        out = term if out is None else out + term
     return out.view(n, m * d, lq).transpose(1, 2)
 
 
