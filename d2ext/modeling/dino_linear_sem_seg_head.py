@@ -63,13 +63,12 @@ class DinoLinearSemSegHead(nn.Module):
         logits = self.layers(features)
         if self.training:
             return None, {"loss_sem_seg": self.losses(logits, targets)}
-        return F.interpolate(logits, scale_factor=self.stride, mode="bilinear",
-                             align_corners=False), {}
+        h, w = logits.shape[-2:]
+        return upsample_bilinear(logits, (h * self.stride, w * self.stride)), {}
 
     def losses(self, logits, targets):
         # Upsample the logits, not downsample the labels: thin structures keep their pixels.
-        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        logits = upsample_bilinear(logits.float(), targets.shape[-2:])
         bad = (targets != self.ignore_value) & ((targets < 0) | (targets >= self.num_classes))
         if bad.any():
             raise ValueError(
@@ -80,3 +79,33 @@ class DinoLinearSemSegHead(nn.Module):
         if not (targets != self.ignore_value).any():
             return logits.sum() * 0.0  # an all-ignored batch: no signal, and no NaN
         return self.loss_weight * F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
+
+
+def _bilinear_matrix(size_in, size_out, scale, device, dtype):
+    """(size_out, size_in) weights of 1-D bilinear resampling, align_corners=False."""
+    src = ((torch.arange(size_out, device=device, dtype=torch.float64) + 0.5) / scale - 0.5)
+    src = src.clamp(min=0)
+    lo = src.floor().long().clamp(max=size_in - 1)
+    hi = (lo + 1).clamp(max=size_in - 1)
+    frac = src - lo
+    rows = torch.arange(size_out, device=device)
+    matrix = torch.zeros(size_out, size_in, device=device, dtype=torch.float64)
+    matrix.index_put_((rows, lo), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, hi), frac, accumulate=True)
+    return matrix.to(dtype)
+
+
+def upsample_bilinear(x, size):
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for integer scale
+    factors, as two matrix products (rows, then columns).
+
+    The output (N, K, H, W) is large (K x H x W logits) and the input tiny (a 1/16 grid), so
+    the cost is writing the output: one pass through BLAS writes it about twice as fast as
+    upsample_bilinear2d on CPU, which matters with many classes (150 at 640x640: 61M values).
+    """
+    (h, w), (out_h, out_w) = x.shape[-2:], tuple(size)
+    if out_h % h or out_w % w:
+        return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
+    rows = _bilinear_matrix(h, out_h, out_h // h, x.device, x.dtype)
+    cols = _bilinear_matrix(w, out_w, out_w // w, x.device, x.dtype)
+    return rows @ x @ cols.T
