@@ -116,3 +116,12 @@ def test_training_lowers_loss_and_reports_miou(tmp_path):
     miou = [r["sem_seg/mIoU"] for r in records if "sem_seg/mIoU" in r]
     assert miou and 0.0 < miou[-1] <= 100.0
     assert sorted(os.listdir(out / "plots")) == ["losses.png", "miou.png", "pixel_accuracy.png"]
+
+
+def test_palette_masks_are_refused_with_the_fix(tmp_path):
+    images, masks = _write_pairs(tmp_path, ["a.png"], [])
+    Image.fromarray(np.ones((32, 48), np.uint8)).convert("P").save(os.path.join(masks, "a.png"))
+    name = f"palette_{tmp_path.name}"
+    setup_cfg(QUICKSTART, tiny_opts(tmp_path), sem_seg_datasets=[(name, images, masks)])
+    with pytest.raises(DatasetError, match=r"a\.png has mode 'P'"):
+        DatasetCatalog.get(name)

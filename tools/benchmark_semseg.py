@@ -2,9 +2,10 @@
 """Images/s of d2ext's semantic segmentation configs next to the bare DINOv3 backbone, on CPU.
 
 Every model has random weights and the real ViT-S/16 DINOv3 shape (MODEL.DINO.WEIGHTS ""); one
-RGB image of --size x --size; timed passes are interleaved across the models (round robin), so
-the shared machine's noise hits them alike; the figure is the median over --reps rounds after
-one warm-up, under torch.inference_mode.
+RGB image of --size x --size; timed passes are interleaved across the models (each round in a
+new random order), so the shared machine's noise hits them alike; the figure is the median over
+--reps rounds after one warm-up, under torch.inference_mode. "head overhead" is the time over
+the backbone's: what the head, the padding and the upsampling to the image add.
 
   floor        transformers' DINOv3ViTModel alone (as in the peers' benchmark)
   backbone     d2ext's DinoViTBackbone with the config's OUT_BLOCKS (the last four)
@@ -15,6 +16,7 @@ one warm-up, under torch.inference_mode.
 """
 import argparse
 import os
+import random
 import time
 
 import torch
@@ -61,11 +63,15 @@ def main():
     models = {"floor": lambda: floor(pixel_values=x), "backbone": lambda: backbone(x), **models}
 
     times = {name: [] for name in models}
+    order = random.Random(0)
     with torch.inference_mode():
         for fn in models.values():
             fn()  # warm-up
         for _ in range(args.reps):
-            for name, fn in models.items():
+            names = list(models)
+            order.shuffle(names)
+            for name in names:
+                fn = models[name]
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
@@ -74,7 +80,8 @@ def main():
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.reps}")
     for name, seconds in median.items():
         print(f"{name:22s} {1000 * seconds:7.0f} ms  {1 / seconds:6.2f} img/s  "
-              f"{seconds / median['floor']:.3f} x floor")
+              f"{seconds / median['floor']:.3f} x floor  head overhead "
+              f"{100 * (seconds / median['backbone'] - 1):+.1f}%")
 
 
 if __name__ == "__main__":

@@ -208,11 +208,8 @@ def gui_available():
 
 
 def run_webcam(predictor, metadata, args):
-    """Camera ``args.camera`` into a window (needs an OpenCV with GUI) and/or ``args.output``."""
-    if not args.output and not gui_available():
-        logger.error("this OpenCV has no GUI (opencv-python-headless): give --output to write "
-                     "the webcam video to a file, or install opencv-python")
-        return 1
+    """Camera ``args.camera`` into ``args.output`` if given, else into a window (needs an
+    OpenCV with GUI). Returns 1 when the camera cannot be opened, else 0."""
     capture = cv2.VideoCapture(args.camera)
     if not capture.isOpened():
         logger.error(f"camera {args.camera} cannot be opened (is a webcam connected and free?)")
@@ -229,6 +226,10 @@ def main(argv=None):
     setup_logger(name="detectron2")
     if not args.input and not args.video_input and not args.webcam:
         logger.error("nothing to do: give --input, --video-input or --webcam")
+        return 2
+    if args.webcam and not args.output and not gui_available():  # before loading the model
+        logger.error("this OpenCV has no GUI (opencv-python-headless): give --output to write "
+                     "the webcam video to a file, or install opencv-python")
         return 2
     cfg = setup_cfg(args.config_file, args.opts)
     predictor = load_predictor(cfg)
