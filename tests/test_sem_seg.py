@@ -32,6 +32,9 @@ def test_head_upsamples_to_input_and_ignores_ignore_value():
     head.eval()
     logits, _ = head(features)
     assert logits.shape == (2, 3, 48, 64)
+    expected = torch.nn.functional.interpolate(head.layers(features), scale_factor=16,
+                                               mode="bilinear", align_corners=False)
+    assert torch.allclose(logits, expected, atol=1e-5)  # the matmul upsampling is bilinear
     head.train()
     targets = torch.full((2, 48, 64), 255)
     _, losses = head(features, targets)
