@@ -1,9 +1,12 @@
 """Batched SAM decoding of many prompts on one image embedding, and mask-IoU deduplication."""
 import torch
 
+from .shared_image_decoder import predict_masks_shared_image
+
 
 @torch.no_grad()
-def decode_prompts(sam, embedding, points, labels, boxes=None, batch_size=64):
+def decode_prompts(sam, embedding, points, labels, boxes=None, batch_size=64,
+                   shared_image=True):
     """SAM's prompt encoder and mask decoder on ``batch_size`` prompts per call.
 
     ``embedding``: (1, C, g, g) from ``sam.image_encoder``; ``points`` (P, n, 2) xy and
@@ -11,6 +14,9 @@ def decode_prompts(sam, embedding, points, labels, boxes=None, batch_size=64):
     ``labels`` (P, n). Point-only prompts are ambiguous, so SAM proposes 3 masks and the one
     with the best predicted IoU is kept; a box settles the ambiguity (one mask).
     Returns low-resolution mask logits (P, 4g, 4g) and predicted IoUs (P,).
+
+    ``shared_image`` uses :func:`predict_masks_shared_image` (same result, far less memory
+    traffic); False calls SAM's ``mask_decoder`` itself.
     """
     multimask = boxes is None
     dense_pe = sam.prompt_encoder.get_dense_pe()
@@ -20,9 +26,16 @@ def decode_prompts(sam, embedding, points, labels, boxes=None, batch_size=64):
         sparse, dense = sam.prompt_encoder(points=(points[chunk], labels[chunk]),
                                            boxes=None if boxes is None else boxes[chunk],
                                            masks=None)
-        masks, iou = sam.mask_decoder(image_embeddings=embedding, image_pe=dense_pe,
-                                      sparse_prompt_embeddings=sparse,
-                                      dense_prompt_embeddings=dense, multimask_output=multimask)
+        if shared_image:  # no mask prompts: the dense embedding is the same for all prompts
+            masks, iou = predict_masks_shared_image(sam.mask_decoder, embedding, dense_pe,
+                                                    sparse, dense[:1])
+            keep = slice(1, None) if multimask else slice(0, 1)  # as MaskDecoder.forward
+            masks, iou = masks[:, keep], iou[:, keep]
+        else:
+            masks, iou = sam.mask_decoder(image_embeddings=embedding, image_pe=dense_pe,
+                                          sparse_prompt_embeddings=sparse,
+                                          dense_prompt_embeddings=dense,
+                                          multimask_output=multimask)
         best = iou.argmax(1)
         rows = torch.arange(len(best), device=best.device)
         logits.append(masks[rows, best])
