@@ -200,3 +200,19 @@ def test_demo_maps_method_and_segments_to_the_config(synthetic_root, tmp_path):
     # other meta-architectures reject the SAM-only flags instead of ignoring them
     assert demo.main(["--config-file", os.path.join(CONFIGS, "quickstart.yaml"), "--input",
                       str(image), "--method", "grid"]) == 2
+
+
+@pytest.mark.parametrize("arch", ["dinov3_tiny16", "dinov2_tiny14_reg"])
+def test_cls_attention_saliency_equals_the_models_attention_weights(arch):
+    from d2ext.modeling.backbone import DinoViTBackbone
+    from d2ext.modeling.sam_prompt.prompts import (capture_last_attention_input,
+                                                   cls_attention_saliency)
+
+    torch.manual_seed(0)
+    backbone = DinoViTBackbone(arch)
+    backbone.vit.set_attn_implementation("eager")  # the only mode that returns weights
+    pixels = torch.randn(1, 3, 6 * backbone.arch.patch, 7 * backbone.arch.patch)
+    with torch.no_grad(), capture_last_attention_input(backbone) as captured:
+        attentions = backbone.vit(pixel_values=pixels, output_attentions=True).attentions
+    expected = attentions[-1][0, :, 0, backbone.arch.num_prefix_tokens:].mean(0).view(6, 7)
+    assert torch.allclose(cls_attention_saliency(backbone, captured, (6, 7)), expected, atol=1e-6)
