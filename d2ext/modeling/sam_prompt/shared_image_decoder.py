@@ -10,11 +10,14 @@ of the budget. Here:
 - projections of per-prompt image tokens are folded into the few prompt tokens instead
   (``(q Wk) . x`` rather than ``q . (Wk x)``; ``(A x) Wv`` rather than ``A (x Wv)``), since a
   prompt has ~7 tokens against 4096 image tokens;
-- the upscaling convolutions read the image tokens in channels-last layout (no transpose copy).
+- the upscaling convolutions read the image tokens in channels-last layout (no transpose copy),
+  and SAM's LayerNorm2d (six passes over the upscaled maps) becomes one fused layer norm over
+  that layout's last axis.
 """
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def _heads(attn):
@@ -88,8 +91,16 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
     if keys.shape[0] == 1:  # a transformer without blocks leaves the image shared
         keys = keys.expand(b, -1, -1)
     # (B, N, C) is already the channels-last layout of (B, C, g, g): no transpose copy.
-    upscaled = decoder.output_upscaling(keys.reshape(b, g, g, -1).permute(0, 3, 1, 2))
+    upscaled = _upscale(decoder.output_upscaling, keys.reshape(b, g, g, -1).permute(0, 3, 1, 2))
     hyper_in = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in
                             enumerate(decoder.output_hypernetworks_mlps)], dim=1)  # (B, M, c)
     masks = torch.einsum("bmc,bchw->bmhw", hyper_in, upscaled)
     return masks, decoder.iou_prediction_head(queries[:, 0])
+
+
+def _upscale(upscaling, x):
+    """SAM's ``output_upscaling`` (ConvT, LayerNorm2d, act, ConvT, act) on channels-last maps."""
+    conv1, norm, act1, conv2, act2 = upscaling
+    x = conv1(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+    x = F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
+    return act2(conv2(act1(x)))
