@@ -143,10 +143,7 @@ class DinoSamPrompt(nn.Module):
         if self.method == "clustering":
             return clustering_prompts(features, size, self.num_segments), None
         if self.method == "attention":
-            prompts = attention_prompts(saliency, self.num_segments)
-            prompts.points[..., 0].clamp_(max=size[1] - 1)
-            prompts.points[..., 1].clamp_(max=size[0] - 1)
-            return prompts, None
+            return attention_prompts(saliency, self.num_segments), None
         if self.prototypes is None:
             self.compute_prototypes()
         return prototype_prompts(features, self.prototypes, size, self.min_similarity)
@@ -160,6 +157,9 @@ class DinoSamPrompt(nn.Module):
         prompts, similarity = self.make_prompts(image)
         if len(prompts) == 0:
             return _empty_instances(out_size, self.device)
+        # Cell centres of a partial last row / column of the stride-16 grid lie past the edge.
+        prompts.points[..., 0].clamp_(max=width - 1)
+        prompts.points[..., 1].clamp_(max=height - 1)
         embedding, sam_size = self.sam_embedding(image)
         scale = torch.tensor([sam_size[1] / width, sam_size[0] / height], device=self.device)
         boxes = None if prompts.boxes is None else prompts.boxes * scale.repeat(2)

@@ -35,7 +35,8 @@ def _cell_center(i, j):
 
 def _region_prompts(region_maps, priority, image_size, classes=None):
     """One point + box prompt per connected region. ``region_maps``: list of (h, w) bool maps;
-    ``priority``: list of (h, w) scores, the point goes to the region's best cell."""
+    ``priority``: list of (h, w) scores, the point goes to the region's best cell (its centre;
+    the caller clamps centres of partial edge cells into the image)."""
     points, boxes, kept_classes = [], [], []
     height, width = image_size
     for index, (region, score) in enumerate(zip(region_maps, priority)):
@@ -54,7 +55,7 @@ def _region_prompts(region_maps, priority, image_size, classes=None):
             kept_classes.append(index if classes is None else classes[index])
     device = priority[0].device if len(priority) else "cpu"
     points = torch.tensor(points, dtype=torch.float32, device=device).reshape(-1, 1, 2)
-    return Prompts(points=points.clamp(max=max(image_size) - 1),
+    return Prompts(points=points,
                    labels=torch.ones(points.shape[:2], device=device),
                    boxes=torch.tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 4),
                    classes=torch.tensor(kept_classes, dtype=torch.long, device=device))
