@@ -176,7 +176,9 @@ def test_eval_only_with_coco_evaluator_returns_ap(synthetic_root, tmp_path):
         "DATASETS.SYNTHETIC.IMAGE_SIZE", "128", "OUTPUT_DIR", str(tmp_path),
         "MODEL.SAM_PROMPT.METHOD", "prototypes", "MODEL.SAM_PROMPT.PROTOTYPE_DATASET",
         "d2ext_synthetic_val", "MODEL.SAM_PROMPT.PROTOTYPE_SHOTS", "1",
-        "MODEL.SAM_PROMPT.PROTOTYPE_MIN_SIMILARITY", "-1.0"])
+        "MODEL.SAM_PROMPT.PROTOTYPE_MIN_SIMILARITY", "-1.0",
+        # random tiny weights: keep every non-empty mask, and seed them so masks exist
+        "MODEL.SAM_PROMPT.SCORE_THRESHOLD", "-1.0", "SEED", "1"])
     results = train_net.main(args)  # one test dataset: detectron2 returns its results flat
     assert {"AP", "AP50", "AP75"} <= set(results["segm"]) and "AP" in results["bbox"]
 
