@@ -28,6 +28,60 @@ def add_d2ext_config(cfg):
     # Its width and norm are MODEL.FPN.OUT_CHANNELS and MODEL.FPN.NORM.
     cfg.MODEL.DINO.SFP_SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
 
+    # === Mask2Former-style head (issue 3, part A): Mask2Former's key names =====================
+    # --- Transformer decoder, matcher and losses (d2ext/modeling/{transformer_decoder,matcher,
+    # criterion}.py) ---
+    cfg.MODEL.MASK_FORMER = CN()
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1  # CE weight of the "no object" class
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0  # point-sampled mask BCE
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    # Decoder layers, counting Mask2Former's way: 1 + 3 * rounds (one prediction from the queries
+    # alone, then each layer attends to one of the 3 coarsest pixel-decoder scales in turn).
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    # Inputs are padded to this multiple (never to a square); 0 = the backbone's size_divisibility.
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+    # Points per mask for the matcher's costs and the mask losses (PointRend importance sampling).
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # --- Inference (d2ext/modeling/meta_arch/mask_former_inference.py; also used by EoMT) ---
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = True
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8  # panoptic: min class score kept
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8  # panoptic: min visible part of a mask
+    # (Instances per image: TEST.DETECTIONS_PER_IMAGE, as in Mask2Former.)
+    # --- Pixel decoder (d2ext/modeling/pixel_decoder/msdeform_pixel_decoder.py) ---
+    # detectron2 already defines SEM_SEG_HEAD.{NAME, IN_FEATURES, IGNORE_VALUE, NUM_CLASSES,
+    # CONVS_DIM, COMMON_STRIDE, NORM, LOSS_WEIGHT}; these are Mask2Former's additions.
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["p3", "p4", "p5"]
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
+    # --- Training data (d2ext/data/dataset_mappers/): Mask2Former's key names ---
+    # "mask_former_instance_lsj" (COCO instances), "mask_former_semantic_lsj" (label PNGs) or ""
+    # (detectron2's DatasetMapper, for the R-CNN configs).
+    cfg.INPUT.DATASET_MAPPER_NAME = ""
+    # Large-scale jitter: fit into IMAGE_SIZE x U(MIN_SCALE, MAX_SCALE), crop to IMAGE_SIZE.
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+    # === end of the Mask2Former-style head =====================================================
+
     # --- Solver ---
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
     # LR multiplier of the ViT's parameters (Mask2Former's key).

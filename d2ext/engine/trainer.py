@@ -76,6 +76,15 @@ class Trainer(DefaultTrainer):
         raise NotImplementedError(f"dataset {dataset_name!r}: no evaluator for "
                                   f"evaluator_type {kind!r}")
 
+    # --- Mask2Former-style mappers (issue 3): INPUT.DATASET_MAPPER_NAME picks the mapper ---
+    @classmethod
+    def build_train_loader(cls, cfg):
+        from detectron2.data import build_detection_train_loader
+
+        from ..data.dataset_mappers import build_train_mapper
+
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_optimizer(cfg, model)

@@ -1,0 +1,2 @@
+from .dino_mask2former import DinoMask2Former
+from .mask_former_inference import MaskFormerInference

@@ -1,0 +1,1 @@
+from .msdeform_pixel_decoder import MSDeformAttnPixelDecoder

@@ -1,0 +1,89 @@
+"""Multi-scale deformable attention (Deformable DETR) in plain PyTorch.
+
+Sampling uses ``F.grid_sample``, so it runs wherever PyTorch runs (CPU, Apple MPS, CUDA) with no
+compiled extension: the compiled op is the part of Mask2Former users most often fail to build.
+"""
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights):
+    """Weighted sum of values bilinearly sampled at given locations of several feature maps.
+
+    value (N, S, M, D): the flattened maps of all levels, level l holding H_l * W_l entries;
+    spatial_shapes: L pairs (H_l, W_l); sampling_locations (N, Lq, M, L, P, 2) as (x, y) in [0, 1]
+    of each level (0 = left/top border, 1 = right/bottom border; outside samples zeros);
+    attention_weights (N, Lq, M, L, P). Returns (N, Lq, M * D).
+    """
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, p, _ = sampling_locations.shape
+    grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1], align_corners=False
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels, p)
+    out, start = None, 0
+    for level, (h, w) in enumerate(spatial_shapes):
+        h, w = int(h), int(w)
+        # (N, H*W, M, D) -> (N*M, D, H, W)
+        value_l = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
+        start += h * w
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (N*M, Lq, P, 2)
+        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (N*M, D, Lq, P)
+        # Weighted per level and accumulated: no (N*M, D, Lq, L*P) concatenation.
+        term = (sampled * weights[..., level, :]).sum(-1)  # (N*M, D, Lq)
+        out = term if out is None else out + term
+    return out.view(n, m * d, lq).transpose(1, 2)
+
+
+class MSDeformAttn(nn.Module):
+    """Each query attends to ``n_points`` learned offsets around its reference point in each of
+    ``n_levels`` maps, per head.
+
+    forward(query (N, Lq, C), reference_points (N, Lq, L, 2) in [0, 1] as (x, y),
+    value (N, S, C) = the flattened maps, spatial_shapes (L, 2) int64) -> (N, Lq, C).
+    """
+
+    def __init__(self, d_model=256, n_levels=3, n_heads=8, n_points=4):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"MSDeformAttn: d_model {d_model} is not divisible by n_heads "
+                             f"{n_heads}; change MODEL.SEM_SEG_HEAD.CONVS_DIM or "
+                             "DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS.")
+        self.n_levels, self.n_heads, self.n_points = n_levels, n_heads, n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        # Offsets start on a ring of directions, k pixels out for point k (Deformable DETR).
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2 * math.pi / self.n_heads)
+        ring = torch.stack([angles.cos(), angles.sin()], -1)
+        ring = ring / ring.abs().max(-1, keepdim=True)[0]
+        ring = ring.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        ring = ring * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(ring.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, query, reference_points, value, spatial_shapes):
+        n, lq, c = query.shape
+        m, lv, p = self.n_heads, self.n_levels, self.n_points
+        value = self.value_proj(value).view(n, value.shape[1], m, c // m)
+        offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2)
+        weights = self.attention_weights(query).view(n, lq, m, lv * p).softmax(-1)
+        # Offsets are in pixels of each level: divide by (W, H) to get [0, 1] units.
+        normalizer = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
+        locations = reference_points[:, :, None, :, None, :] + \
+            offsets / normalizer[None, None, None, :, None, :]
+        out = ms_deform_attn_core(value, spatial_shapes.tolist(), locations,
+                                  weights.view(n, lq, m, lv, p))
+        return self.output_proj(out)

@@ -1,0 +1,2 @@
+from .masked_attention_decoder import (TRANSFORMER_DECODER_REGISTRY,
+                                       MultiScaleMaskedTransformerDecoder)
