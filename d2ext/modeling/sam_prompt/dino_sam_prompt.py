@@ -73,8 +73,8 @@ class DinoSamPrompt(nn.Module):
                 sp.PROTOTYPE_DATASET, sp.PROTOTYPE_SHOTS,
                 [list(r) for r in sp.PROTOTYPE_REFERENCES], sp.PROTOTYPE_CLASSES,
                 index_names=_test_classes(cfg))
-        return dict(backbone=build_backbone(cfg),
-                    sam=build_sam_model(sp.SAM_TYPE, sp.SAM_CHECKPOINT),
+        sam = build_sam_model(sp.SAM_TYPE, sp.SAM_CHECKPOINT)  # first: a missing file fails fast
+        return dict(backbone=build_backbone(cfg), sam=sam,
                     method=sp.METHOD, num_segments=sp.NUM_SEGMENTS,
                     points_per_side=sp.POINTS_PER_SIDE, references=references,
                     class_names=class_names, min_similarity=sp.PROTOTYPE_MIN_SIMILARITY,
