@@ -121,6 +121,38 @@ def add_d2ext_config(cfg):
     # Written after training (tools/train_net.py): one val image with its predictions.
     cfg.D2EXT.SAVE_DEMO_IMAGE = True
 
+    # --- SAM-prompt meta-architecture (d2ext/modeling/sam_prompt/, META_ARCHITECTURE
+    # "DinoSamPrompt"): DINO features choose prompts, SAM draws masks; nothing is trained ---
+    cfg.MODEL.SAM_PROMPT = CN()
+    # segment-anything model type ("vit_b", "vit_l", "vit_h"; "tiny" for tests) and its official
+    # checkpoint file (sam_vit_*.pth); "" gives random weights (tests and benchmarks only).
+    cfg.MODEL.SAM_PROMPT.SAM_TYPE = "vit_b"
+    cfg.MODEL.SAM_PROMPT.SAM_CHECKPOINT = ""
+    # How prompts are chosen: "clustering" (k-means of patch features, a point and a box per
+    # region), "attention" (the class token's most attended patches), "prototypes" (few-shot
+    # classes from reference masks), "grid" (SAM's everything mode).
+    cfg.MODEL.SAM_PROMPT.METHOD = "clustering"
+    # Clusters of "clustering"; points of "attention".
+    cfg.MODEL.SAM_PROMPT.NUM_SEGMENTS = 5
+    # "grid": points per side (SAM's automatic mask generator uses 32).
+    cfg.MODEL.SAM_PROMPT.POINTS_PER_SIDE = 16
+    # "prototypes": reference masks from a registered dataset (the first PROTOTYPE_SHOTS masks of
+    # each class, restricted to PROTOTYPE_CLASSES when not empty) and/or from files as
+    # [[image, mask image, class name], ...]; patches less similar than PROTOTYPE_MIN_SIMILARITY
+    # (cosine) to every prototype are background.
+    cfg.MODEL.SAM_PROMPT.PROTOTYPE_DATASET = ""
+    cfg.MODEL.SAM_PROMPT.PROTOTYPE_SHOTS = 5
+    cfg.MODEL.SAM_PROMPT.PROTOTYPE_CLASSES = []
+    cfg.MODEL.SAM_PROMPT.PROTOTYPE_REFERENCES = []
+    cfg.MODEL.SAM_PROMPT.PROTOTYPE_MIN_SIMILARITY = 0.35
+    # A mask whose IoU with a better-scored mask exceeds DEDUP_IOU is a duplicate (SAM's 0.7).
+    cfg.MODEL.SAM_PROMPT.DEDUP_IOU = 0.7
+    # Score = SAM's predicted IoU (x prototype similarity); lower scores are dropped.
+    cfg.MODEL.SAM_PROMPT.SCORE_THRESHOLD = 0.0
+    cfg.MODEL.SAM_PROMPT.MAX_INSTANCES = 100
+    # Prompts per call of SAM's prompt encoder and mask decoder (memory vs. speed).
+    cfg.MODEL.SAM_PROMPT.PROMPTS_PER_BATCH = 64
+
     # "auto": CUDA if available, else Apple MPS, else CPU (d2ext.engine.resolve_device).
     cfg.MODEL.DEVICE = "auto"
 

@@ -7,6 +7,8 @@
   python tools/demo.py --config-file C --video-input clip.mp4 --output clip_drawn.mp4
   python tools/demo.py --config-file C --webcam                    # window; q or Esc quits
   python tools/demo.py --config-file C --webcam --output cam.mp4   # headless: to a file
+  python tools/demo.py --config-file configs/dinov3_sam.yaml --input img.jpg --output out.png \
+      --method clustering --num-segments 5       # zero-training SAM-prompt configs
 
 Inputs may be files, globs and directories (searched recursively). A file that cannot be read
 as an image is reported by name and skipped; the exit code is 1 if any input failed, else 0.
@@ -20,6 +22,7 @@ import sys
 import cv2
 import numpy as np
 import tqdm
+from detectron2.data.catalog import Metadata
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 
@@ -45,9 +48,38 @@ def argument_parser():
     parser.add_argument("--output", help="output file (one input) or directory; without it, "
                                          "results are only counted and logged")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    # SAM-prompt configs (META_ARCHITECTURE DinoSamPrompt) only:
+    parser.add_argument("--method", choices=["clustering", "attention", "prototypes", "grid"],
+                        help="SAM-prompt configs: how prompts are chosen "
+                             "(MODEL.SAM_PROMPT.METHOD)")
+    parser.add_argument("--num-segments", type=int,
+                        help="SAM-prompt configs: clusters / attention points "
+                             "(MODEL.SAM_PROMPT.NUM_SEGMENTS)")
+    parser.add_argument("--reference", nargs=3, action="append", default=[],
+                        metavar=("IMAGE", "MASK", "CLASS"),
+                        help="SAM-prompt configs: a reference image, its mask image (non-zero = "
+                             "CLASS) and the class name, for --method prototypes (repeatable)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs")
     return parser
+
+
+def sam_prompt_opts(cfg, args):
+    """Config overrides for --method / --num-segments / --reference (SAM-prompt configs)."""
+    opts = []
+    if args.method:
+        opts += ["MODEL.SAM_PROMPT.METHOD", args.method]
+    if args.num_segments is not None:
+        opts += ["MODEL.SAM_PROMPT.NUM_SEGMENTS", args.num_segments]
+    if args.reference:
+        opts += ["MODEL.SAM_PROMPT.PROTOTYPE_REFERENCES", [list(r) for r in args.reference]]
+        if not args.method:
+            opts += ["MODEL.SAM_PROMPT.METHOD", "prototypes"]
+    if opts and cfg.MODEL.META_ARCHITECTURE != "DinoSamPrompt":
+        raise ValueError(f"--method, --num-segments and --reference apply to SAM-prompt configs "
+                         f"(MODEL.META_ARCHITECTURE DinoSamPrompt); {args.config_file} uses "
+                         f"{cfg.MODEL.META_ARCHITECTURE}")
+    return opts
 
 
 def expand_inputs(patterns):
@@ -232,8 +264,15 @@ def main(argv=None):
                      "the webcam video to a file, or install opencv-python")
         return 2
     cfg = setup_cfg(args.config_file, args.opts)
+    try:
+        cfg.merge_from_list(sam_prompt_opts(cfg, args))
+    except ValueError as err:
+        logger.error(str(err))
+        return 2
     predictor = load_predictor(cfg)
     metadata = predictor_metadata(cfg)
+    if getattr(predictor.model, "class_names", None):  # SAM-prompt models name their classes
+        metadata = Metadata(name="d2ext_demo", thing_classes=list(predictor.model.class_names))
     failed = 0
     if args.input:
         files = expand_inputs(args.input)

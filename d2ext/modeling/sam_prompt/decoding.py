@@ -1,0 +1,58 @@
+"""Batched SAM decoding of many prompts on one image embedding, and mask-IoU deduplication."""
+import torch
+
+from .shared_image_decoder import predict_masks_shared_image
+
+
+@torch.no_grad()
+def decode_prompts(sam, embedding, points, labels, boxes=None, batch_size=64,
+                   shared_image=True):
+    """SAM's prompt encoder and mask decoder on ``batch_size`` prompts per call.
+
+    ``embedding``: (1, C, g, g) from ``sam.image_encoder``; ``points`` (P, n, 2) xy and
+    ``boxes`` (P, 4) XYXY in SAM's input frame (the image resized to the encoder's size);
+    ``labels`` (P, n). Point-only prompts are ambiguous, so SAM proposes 3 masks and the one
+    with the best predicted IoU is kept; a box settles the ambiguity (one mask).
+    Returns low-resolution mask logits (P, 4g, 4g) and predicted IoUs (P,).
+
+    ``shared_image`` uses :func:`predict_masks_shared_image` (same result, far less memory
+    traffic); False calls SAM's ``mask_decoder`` itself.
+    """
+    multimask = boxes is None
+    dense_pe = sam.prompt_encoder.get_dense_pe()
+    logits, ious = [], []
+    for start in range(0, points.shape[0], batch_size):
+        chunk = slice(start, start + batch_size)
+        sparse, dense = sam.prompt_encoder(points=(points[chunk], labels[chunk]),
+                                           boxes=None if boxes is None else boxes[chunk],
+                                           masks=None)
+        if shared_image:  # no mask prompts: the dense embedding is the same for all prompts
+            masks, iou = predict_masks_shared_image(sam.mask_decoder, embedding, dense_pe,
+                                                    sparse, dense[:1])
+            keep = slice(1, None) if multimask else slice(0, 1)  # as MaskDecoder.forward
+            masks, iou = masks[:, keep], iou[:, keep]
+        else:
+            masks, iou = sam.mask_decoder(image_embeddings=embedding, image_pe=dense_pe,
+                                          sparse_prompt_embeddings=sparse,
+                                          dense_prompt_embeddings=dense,
+                                          multimask_output=multimask)
+        best = iou.argmax(1)
+        rows = torch.arange(len(best), device=best.device)
+        logits.append(masks[rows, best])
+        ious.append(iou[rows, best])
+    return torch.cat(logits), torch.cat(ious)
+
+
+def mask_nms(masks, scores, iou_threshold):
+    """Greedy non-maximum suppression by mask IoU. ``masks`` (P, h, w) bool, ``scores`` (P,).
+    Returns the indices kept, best score first."""
+    order = scores.argsort(descending=True)
+    flat = masks[order].flatten(1).float()
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
+    keep = []
+    for i in range(len(order)):
+        if not keep or iou[i, keep].max() <= iou_threshold:
+            keep.append(i)
+    return order[keep]
