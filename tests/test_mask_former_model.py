@@ -22,6 +22,16 @@ TINY = ["MODEL.DEVICE", "cpu", "INPUT.IMAGE_SIZE", "128", "MODEL.MASK_FORMER.TRA
         "256", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8"]
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded CPU (10x slower
+    steps observed with 2 threads there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_cfg(synthetic_root, tmp_path, config="quickstart_mask2former.yaml", extra=()):
     return setup_cfg(os.path.join(CONFIGS, config),
                      tiny_opts(synthetic_root, tmp_path, max_iter=2) + TINY + list(extra))
