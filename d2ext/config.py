@@ -106,6 +106,16 @@ def add_d2ext_config(cfg):
     # Where generated images are cached; "" means $D2EXT_DATASETS or ./datasets.
     cfg.DATASETS.SYNTHETIC.ROOT = ""
 
+    # --- Semantic segmentation on DINO features (issue 6) ---
+    # Datasets from an image folder and a mask folder, as [name, image_dir, mask_dir] triples;
+    # masks are single-channel PNGs named like their image whose pixel values are class ids.
+    # Pixels equal to MODEL.SEM_SEG_HEAD.IGNORE_VALUE are ignored by the loss and SemSegEvaluator.
+    cfg.DATASETS.SEM_SEG = []
+    # Class names of those datasets, in class-id order; empty: "class_0", "class_1", ... up to
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES.
+    cfg.DATASETS.SEM_SEG_CLASSES = []
+    # --- end of issue 6 keys ---
+
     # --- tools/demo.py and the quickstart ---
     cfg.D2EXT = CN()
     # Written after training (tools/train_net.py): one val image with its predictions.

@@ -7,6 +7,9 @@
   python tools/train_net.py --config-file C --num-gpus 2          # detectron2's launch (CPU: gloo)
   python tools/train_net.py --config-file C --register-coco my_train train.json images/ \\
       DATASETS.TRAIN "('my_train',)"
+  python tools/train_net.py --config-file configs/quickstart_semseg.yaml \\
+      --register-sem-seg my_train images/ masks/ DATASETS.TRAIN "('my_train',)" \\
+      DATASETS.SEM_SEG_CLASSES "['background', 'person']" MODEL.SEM_SEG_HEAD.NUM_CLASSES 2
 """
 import logging
 import os
@@ -19,13 +22,14 @@ from detectron2.utils import comm
 
 from d2ext.checkpoint import AtomicCheckpointer
 from d2ext.engine import Trainer, draw_predictions, load_predictor, setup_cfg
+from d2ext.engine.metrics_plots import plot_metrics
 from d2ext.engine.predictor import predictor_metadata
 
 logger = logging.getLogger("d2ext")
 
 
 def setup(args):
-    cfg = setup_cfg(args.config_file, args.opts, args.register_coco)
+    cfg = setup_cfg(args.config_file, args.opts, args.register_coco, args.register_sem_seg)
     cfg.freeze()
     default_setup(cfg, args)  # logging, seeds, config.yaml copied into OUTPUT_DIR
     return cfg
@@ -62,6 +66,8 @@ def main(args):
     results = trainer.train()
     if comm.is_main_process() and cfg.D2EXT.SAVE_DEMO_IMAGE:
         save_demo_image(cfg)
+    if comm.is_main_process():
+        plot_metrics(cfg.OUTPUT_DIR)  # training curves: OUTPUT_DIR/plots/*.png
     return results
 
 
@@ -71,6 +77,10 @@ def argument_parser():
                         metavar=("NAME", "JSON", "IMAGE_ROOT"),
                         help="register a COCO-format instance dataset (repeatable); use NAME "
                              "in DATASETS.TRAIN / DATASETS.TEST")
+    parser.add_argument("--register-sem-seg", nargs=3, action="append", default=[],
+                        metavar=("NAME", "IMAGE_DIR", "MASK_DIR"),
+                        help="register a semantic dataset: images and class-id PNG masks of the "
+                             "same names (repeatable); classes: DATASETS.SEM_SEG_CLASSES")
     return parser
 
 

@@ -24,16 +24,19 @@ def resolve_device(device):
     return "cpu"
 
 
-def setup_cfg(config_file="", opts=(), coco_datasets=()):
+def setup_cfg(config_file="", opts=(), coco_datasets=(), sem_seg_datasets=()):
     """A d2ext config from ``config_file`` and ``opts`` (KEY VALUE ...), with MODEL.DEVICE
     resolved and the datasets it names registered. ``coco_datasets`` holds extra
-    (name, json_file, image_root) triples, e.g. from ``--register-coco``."""
+    (name, json_file, image_root) triples, e.g. from ``--register-coco``; ``sem_seg_datasets``
+    extra (name, image_dir, mask_dir) triples, e.g. from ``--register-sem-seg``."""
     cfg = get_d2ext_cfg()
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     cfg.DATASETS.COCO_INSTANCES = [list(e) for e in cfg.DATASETS.COCO_INSTANCES] + \
         [list(e) for e in coco_datasets]
+    cfg.DATASETS.SEM_SEG = [list(e) for e in cfg.DATASETS.SEM_SEG] + \
+        [list(e) for e in sem_seg_datasets]
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     register_datasets_from_cfg(cfg)
     return cfg

@@ -5,3 +5,4 @@ from .matcher import HungarianMatcher  # noqa: F401,E402
 from .pixel_decoder import *  # noqa: F401,F403,E402  (registration)
 from .transformer_decoder import *  # noqa: F401,F403,E402
 from .meta_arch import *  # noqa: F401,F403,E402  (importing registers the meta-architectures)
+from .dino_linear_sem_seg_head import DinoLinearSemSegHead  # noqa: F401  (issue 6; registers)

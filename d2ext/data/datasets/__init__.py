@@ -1,5 +1,10 @@
+from detectron2.data import MetadataCatalog
+
 from .coco_instances import DatasetError, load_coco_instances, register_coco_dataset
 from .synthetic_shapes import SYNTHETIC_CLASSES, register_synthetic_shapes
+# issue 6: semantic datasets
+from .sem_seg_folders import load_sem_seg_folders, register_sem_seg_dataset
+from .synthetic_sem_seg import register_synthetic_sem_seg
 
 
 def register_datasets_from_cfg(cfg):
@@ -11,6 +16,30 @@ def register_datasets_from_cfg(cfg):
             raise DatasetError(f"DATASETS.COCO_INSTANCES entry {entry!r}: expected "
                                "[name, json_file, image_root].")
         register_coco_dataset(*entry)
+    _register_sem_seg_from_cfg(cfg)  # issue 6
+
+
+def _register_sem_seg_from_cfg(cfg):
+    """DATASETS.SEM_SEG [name, image_dir, mask_dir] entries with DATASETS.SEM_SEG_CLASSES."""
+    head = cfg.MODEL.SEM_SEG_HEAD
+    classes = list(cfg.DATASETS.SEM_SEG_CLASSES) or \
+        [f"class_{i}" for i in range(head.NUM_CLASSES)]
+    register_synthetic_sem_seg(head.IGNORE_VALUE)
+    for entry in cfg.DATASETS.SEM_SEG:
+        if len(entry) != 3:
+            raise DatasetError(f"DATASETS.SEM_SEG entry {entry!r}: expected "
+                               "[name, image_dir, mask_dir].")
+        register_sem_seg_dataset(*entry, classes=classes, ignore_value=head.IGNORE_VALUE)
+    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+        return
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        named = getattr(MetadataCatalog.get(name), "stuff_classes", None)
+        if named is not None and len(named) != head.NUM_CLASSES:
+            raise DatasetError(
+                f"dataset {name!r} has {len(named)} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                f"is {head.NUM_CLASSES}; make them agree (DATASETS.SEM_SEG_CLASSES names the "
+                "classes of DATASETS.SEM_SEG datasets).")
 
 
 register_synthetic_shapes()  # default sizes, so the names exist as soon as d2ext is imported
+register_synthetic_sem_seg()  # issue 6

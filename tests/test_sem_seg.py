@@ -1,0 +1,130 @@
+"""Semantic segmentation on DINO features: head, SemanticSegmentor, folder datasets, training."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from PIL import Image
+
+from d2ext.data.datasets import DatasetError
+from d2ext.engine import setup_cfg
+from d2ext.modeling import DinoLinearSemSegHead
+from sem_seg_utils import REPO, load_tool
+
+QUICKSTART = os.path.join(REPO, "configs", "quickstart_semseg.yaml")
+
+
+def tiny_opts(tmp_path):
+    return ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "data"), "DATASETS.SYNTHETIC.NUM_TRAIN",
+            "16", "DATASETS.SYNTHETIC.NUM_VAL", "4", "DATASETS.SYNTHETIC.IMAGE_SIZE", "64",
+            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
+            "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+
+
+def test_head_upsamples_to_input_and_ignores_ignore_value():
+    head = DinoLinearSemSegHead({"vit": ShapeSpec(channels=8, stride=16)}, in_feature="vit",
+                                num_classes=3, ignore_value=255)
+    features = {"vit": torch.randn(2, 8, 3, 4)}
+    head.eval()
+    logits, _ = head(features)
+    assert logits.shape == (2, 3, 48, 64)
+    expected = torch.nn.functional.interpolate(head.layers(features), scale_factor=16,
+                                               mode="bilinear", align_corners=False)
+    assert torch.allclose(logits, expected, atol=1e-5)  # the matmul upsampling is bilinear
+    head.train()
+    targets = torch.full((2, 48, 64), 255)
+    _, losses = head(features, targets)
+    assert losses["loss_sem_seg"].item() == 0.0  # all ignored: no signal, no NaN
+    targets[:, :10] = 1
+    _, losses = head(features, targets)
+    assert torch.isfinite(losses["loss_sem_seg"]) and losses["loss_sem_seg"] > 0
+    targets[0, 0, 0] = 7  # neither a class nor the ignore value: a clear error
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        head(features, targets)
+
+
+def test_semantic_segmentor_pads_and_returns_image_size(tmp_path):
+    cfg = setup_cfg(QUICKSTART, tiny_opts(tmp_path))
+    assert cfg.MODEL.DINO.FREEZE_BLOCKS == -1 and len(cfg.MODEL.DINO.OUT_BLOCKS) == 4
+    model = build_model(cfg).eval()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("sem_seg_head.") for n in trainable)
+    image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)  # not a multiple of 16
+    with torch.no_grad():
+        out = model([{"image": image, "height": 100, "width": 140}])[0]["sem_seg"]
+    assert out.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 100, 140)
+
+
+def _write_pairs(root, image_names, mask_names):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in image_names:
+        Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(root / "images" / name)
+    for name in mask_names:
+        Image.fromarray(np.ones((32, 48), np.uint8)).save(root / "masks" / name)
+    return str(root / "images"), str(root / "masks")
+
+
+def test_folder_dataset_pairs_images_and_masks(tmp_path):
+    images, masks = _write_pairs(tmp_path, ["a.jpg", "b.png"], ["a.png", "b.png"])
+    name = f"pairs_{tmp_path.name}"
+    setup_cfg(QUICKSTART, tiny_opts(tmp_path) + ["DATASETS.SEM_SEG_CLASSES", "['bg', 'x', 'y', "
+              "'z', 'w']"], sem_seg_datasets=[(name, images, masks)])
+    dicts = DatasetCatalog.get(name)
+    assert [os.path.basename(d["sem_seg_file_name"]) for d in dicts] == ["a.png", "b.png"]
+    meta = MetadataCatalog.get(name)
+    assert meta.evaluator_type == "sem_seg" and meta.stuff_classes[1] == "x"
+    assert meta.ignore_label == 255
+
+
+def test_wrong_mask_folder_names_the_unpaired_files(tmp_path):
+    images, masks = _write_pairs(tmp_path, ["street_01.jpg", "street_02.jpg"],
+                                 ["street_01.png", "beach_07.png"])
+    name = f"wrong_{tmp_path.name}"
+    setup_cfg(QUICKSTART, tiny_opts(tmp_path), sem_seg_datasets=[(name, images, masks)])
+    with pytest.raises(DatasetError) as err:
+        DatasetCatalog.get(name)
+    assert "street_02.jpg" in str(err.value) and "beach_07.png" in str(err.value)
+    assert "street_01" not in str(err.value)
+    missing = f"missing_{tmp_path.name}"
+    setup_cfg(QUICKSTART, tiny_opts(tmp_path),
+              sem_seg_datasets=[(missing, images, str(tmp_path / "nope"))])
+    with pytest.raises(DatasetError, match="nope"):
+        DatasetCatalog.get(missing)
+
+
+def test_class_count_mismatch_is_reported(tmp_path):
+    with pytest.raises(DatasetError, match="NUM_CLASSES"):
+        setup_cfg(QUICKSTART, tiny_opts(tmp_path) + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
+
+
+def test_training_lowers_loss_and_reports_miou(tmp_path):
+    """tools/train_net.py on the synthetic semantic dataset: falling loss, SemSegEvaluator's
+    mIoU in metrics.json, and the training curves plotted afterwards."""
+    train_net = load_tool("train_net")
+    out = tmp_path / "out"
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", QUICKSTART] + tiny_opts(tmp_path) +
+        ["SOLVER.MAX_ITER", "40", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "0",
+         "SOLVER.BASE_LR", "0.01", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "40",
+         "D2EXT.SAVE_DEMO_IMAGE", "False", "OUTPUT_DIR", str(out)])
+    train_net.main(args)
+    records = [json.loads(line) for line in open(out / "metrics.json")]
+    losses = [r["total_loss"] for r in records if "total_loss" in r]
+    assert len(losses) >= 2 and losses[-1] < 0.9 * losses[0]
+    miou = [r["sem_seg/mIoU"] for r in records if "sem_seg/mIoU" in r]
+    assert miou and 0.0 < miou[-1] <= 100.0
+    assert sorted(os.listdir(out / "plots")) == ["losses.png", "miou.png", "pixel_accuracy.png"]
+
+
+def test_palette_masks_are_refused_with_the_fix(tmp_path):
+    images, masks = _write_pairs(tmp_path, ["a.png"], [])
+    Image.fromarray(np.ones((32, 48), np.uint8)).convert("P").save(os.path.join(masks, "a.png"))
+    name = f"palette_{tmp_path.name}"
+    setup_cfg(QUICKSTART, tiny_opts(tmp_path), sem_seg_datasets=[(name, images, masks)])
+    with pytest.raises(DatasetError, match=r"a\.png has mode 'P'"):
+        DatasetCatalog.get(name)
