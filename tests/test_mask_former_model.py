@@ -9,6 +9,8 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
+from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image
 
@@ -20,6 +22,16 @@ from conftest import CONFIGS, tiny_opts
 
 TINY = ["MODEL.DEVICE", "cpu", "INPUT.IMAGE_SIZE", "128", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
         "256", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded CPU (10x slower
+    steps observed with 2 threads there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_cfg(synthetic_root, tmp_path, config="quickstart_mask2former.yaml", extra=()):
@@ -55,7 +67,6 @@ def test_short_training_lowers_the_loss_and_checkpoint_round_trips(synthetic_roo
     torch.manual_seed(0)
     model = build_model(cfg)
     mapper = MaskFormerInstanceDatasetMapper(cfg, is_train=True)
-    from detectron2.data import DatasetCatalog
     batch = [mapper(d) for d in DatasetCatalog.get("d2ext_synthetic_train")[:2]]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     totals = []
@@ -106,7 +117,6 @@ def test_instance_mapper_drops_crowd_empty_and_degenerate_annotations(tmp_path):
         {"bbox": [60, 40, 10, 10], "bbox_mode": 1, "category_id": 3,
          "segmentation": [[60, 40, 70, 40, 70, 50, 60, 50]]},  # polygons work too
     ]}
-    from detectron2.data import transforms as T
     mapper = MaskFormerInstanceDatasetMapper(augmentations=[T.ResizeScale(1.0, 1.0, 64, 80)],
                                              image_format="RGB")
     out = mapper(copy.deepcopy(record))
@@ -121,7 +131,6 @@ def test_instance_mapper_drops_crowd_empty_and_degenerate_annotations(tmp_path):
 def test_lsj_mapper_crops_without_square_padding(synthetic_root, tmp_path):
     cfg = tiny_cfg(synthetic_root, tmp_path, extra=["INPUT.MIN_SCALE", "0.3",
                                                     "INPUT.MAX_SCALE", "0.3"])
-    from detectron2.data import DatasetCatalog
     record = DatasetCatalog.get("d2ext_synthetic_train")[0]
     out = MaskFormerInstanceDatasetMapper(cfg, is_train=True)(record)
     h, w = out["image"].shape[1:]
@@ -136,7 +145,6 @@ def test_semantic_mapper_makes_one_target_per_present_class(tmp_path):
     sem[:10] = 0
     sem[20:, 10:30] = 3
     Image.fromarray(sem).save(label)
-    from detectron2.data import transforms as T
     mapper = MaskFormerSemanticDatasetMapper(augmentations=[T.ResizeScale(2.0, 2.0, 32, 48)],
                                              image_format="RGB", ignore_label=255)
     out = mapper({"file_name": image, "sem_seg_file_name": label, "height": 32, "width": 48})

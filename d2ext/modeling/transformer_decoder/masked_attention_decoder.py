@@ -116,10 +116,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                              f"{len(multi_scale_features)}")
         memories, memory_pos, attn_features = [], [], []
         for i, x in enumerate(multi_scale_features):
-            pos = sine_position_embedding(x.shape, x.shape[1] // 2, x.device, x.dtype)
+            memory = self.input_proj[i](x) + self.level_embed.weight[i][:, None, None]
+            pos = sine_position_embedding(memory.shape, memory.shape[1] // 2, x.device, x.dtype)
             memory_pos.append(pos.flatten(2).transpose(1, 2))
-            memories.append((self.input_proj[i](x) + self.level_embed.weight[i][:, None, None])
-                            .flatten(2).transpose(1, 2))
+            memories.append(memory.flatten(2).transpose(1, 2))
             attn_features.append(F.interpolate(mask_features, size=x.shape[-2:],
                                                mode="bilinear", align_corners=False))
         b = mask_features.shape[0]
