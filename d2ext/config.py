@@ -82,6 +82,34 @@ def add_d2ext_config(cfg):
     cfg.INPUT.MAX_SCALE = 2.0
     # === end of the Mask2Former-style head =====================================================
 
+    # --- Encoder-only Mask Transformer (d2ext/modeling/meta_arch/eomt.py; issue 3, part B) ---
+    # EoMT reads the bare ViT (MODEL.BACKBONE.NAME "build_dino_vit_backbone", MODEL.DINO.*), its
+    # classes from MODEL.SEM_SEG_HEAD.NUM_CLASSES, its losses from MODEL.MASK_FORMER.{CLASS,MASK,
+    # DICE}_WEIGHT, NO_OBJECT_WEIGHT, TRAIN_NUM_POINTS, ... and its outputs from
+    # MODEL.MASK_FORMER.TEST.*, as the Mask2Former-style head does.
+    cfg.MODEL.EOMT = CN()
+    cfg.MODEL.EOMT.NUM_QUERIES = 100
+    # The last NUM_BLOCKS blocks of the ViT process the queries together with the image tokens.
+    cfg.MODEL.EOMT.NUM_BLOCKS = 4
+    # x2 upsampling layers from the 1/16 patch grid to the mask resolution (2: masks at 1/4).
+    cfg.MODEL.EOMT.NUM_UPSCALE_BLOCKS = 2
+    # Patch size of the ViT (0 = the architecture's). EoMT runs DINOv2 at 16: the 14x14 kernel is
+    # resampled.
+    cfg.MODEL.EOMT.PATCH_SIZE = 0
+    # DINOv2 family: side of the square image the absolute position embeddings are laid out for
+    # (EoMT's crop size; other sizes interpolate them). 0 keeps the ViT's grid. DINOv3: unused.
+    cfg.MODEL.EOMT.IMAGE_SIZE = 0
+    # Epsilon of the ViT's LayerNorms (0 = the architecture's; transformers' EoMT uses 1e-6).
+    cfg.MODEL.EOMT.LAYER_NORM_EPS = 0.0
+    # Masked-attention annealing: block i (of the last NUM_BLOCKS) masks its queries' attention
+    # with probability 1 before ANNEAL_START_ITERS[i], 0 from ANNEAL_END_ITERS[i] on, and
+    # (1 - progress) ** ANNEAL_POWER in between. Empty lists keep the loaded probabilities
+    # (a trained or converted model: all 0, masked attention off).
+    cfg.MODEL.EOMT.ANNEAL_START_ITERS = []
+    cfg.MODEL.EOMT.ANNEAL_END_ITERS = []
+    cfg.MODEL.EOMT.ANNEAL_POWER = 0.9
+    # === end of the encoder-only mode ==========================================================
+
     # --- Solver ---
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
     # LR multiplier of the ViT's parameters (Mask2Former's key).

@@ -1,161 +1,280 @@
 #!/usr/bin/env python
-"""Inference speed of a d2ext config, with the peers measured in the same run.
+"""Inference speed and memory of a d2ext config, optionally next to its peers in the same run.
 
-  python tools/benchmark.py --config-file configs/dinov3_mask2former.yaml --peers
-  python tools/benchmark.py --config-file configs/dinov3_maskrcnn.yaml --size 1024 --reps 3
+    python tools/benchmark.py --config-file configs/dinov3_eomt.yaml --peers [--size 640]
+        [--reps 7] [--batch 4] [--json out.json] [KEY VALUE ...]
 
-Random weights (MODEL.WEIGHTS and MODEL.DINO.WEIGHTS are ignored), one random RGB square image
-of --size pixels, eval mode under torch.inference_mode. Reported: median latency of --reps timed
-passes after a warm-up (image in -> detectron2 outputs), images/s at --batch, peak process
-memory, a per-part breakdown for models that expose their parts (backbone ViT, neck, pixel
-decoder, transformer decoder, post-processing), and with --peers, in the same process and at
-the same ViT shape (width, depth, heads, registers of MODEL.DINO.ARCH, 100 queries):
+Random weights (MODEL.WEIGHTS and MODEL.DINO.WEIGHTS are ignored), eval mode, one warm-up, the
+median of --reps timed passes under ``torch.inference_mode``. EoMT runs in its trained state
+(masked attention off, as after annealing) unless --masked-attn.
 
-  floor    the bare transformers ViT: no head can run faster
-  hf_eomt  transformers' EomtDinov3ForUniversalSegmentation, masked attention off
-           (the state a trained EoMT is in), last 4 blocks
-  hf_m2f   transformers' Mask2FormerForUniversalSegmentation with a DINOv3 backbone (the
-           'Mask2Former with DINOv3' reference approach: every level at 1/16, so masks at 1/16)
-
-The machine's load changes absolute times: compare the ratios printed by one run.
+Rows:
+  d2ext        the model alone: normalised (1, 3, S, S) tensor -> class and mask logits
+  d2ext_bN     the same at batch N (images/s)
+  d2ext_e2e    end to end: an RGB uint8 S x S image -> ``Instances`` (detectron2's
+               DefaultPredictor: resize, model, post-processing)
+  parts        per-part times of one pass (hooks on the model's parts; nothing re-implemented)
+With --peers, the same shape (the config's ViT: width, blocks, heads, MLP; patch 16, 4
+registers; the config's queries and classes) in transformers, as ../shared/bench/peers.py does:
+  floor        the bare DINOv3 ViT: no head can run faster
+  hf_eomt      EomtDinov3ForUniversalSegmentation, masked attention off
+  hf_m2f       Mask2FormerForUniversalSegmentation with a DINOv3 backbone (masks at 1/16)
+  hf_eomt_e2e  EomtImageProcessor + EoMT + post_process_instance_segmentation (EoMT configs)
+Peak memory: CUDA max_memory_allocated; CPU the peak resident-set growth during one pass
+(sampled every 2 ms). The machine may be shared: compare ratios from one run only.
 """
 import argparse
-import resource
+import json
+import os
 import statistics
 import sys
+import threading
 import time
 
+import numpy as np
 import torch
 
-from d2ext.engine import setup_cfg
-from d2ext.modeling.backbone import DINO_ARCHS
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def median_ms(fn, reps):
-    """Median wall time of ``reps`` calls after one warm-up, in ms."""
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_mb(fn, device):
+    """Peak memory (MiB) that one call of ``fn`` adds on ``device``."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.inference_mode():
+            fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    if not os.path.exists("/proc/self/statm"):
+        return float("nan")
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    with torch.inference_mode():
+        fn()
+    done.set()
+    thread.join()
+    return (max(peak[0], _rss_bytes()) - base) / 2**20
+
+
+def median_ms(fn, reps, device):
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
         fn()
         times = []
         for _ in range(reps):
+            sync()
             start = time.perf_counter()
             fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def peak_memory_mb(device):
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+class PartTimer:
+    """Wall time of named submodules (forward hooks) and methods of one model pass."""
+
+    def __init__(self, model, modules, methods):
+        self.times, self._start, self._handles, self._restore = {}, {}, [], []
+        for name, module in modules.items():
+            self._handles.append(module.register_forward_pre_hook(
+                lambda m, a, name=name: self._begin(name)))
+            self._handles.append(module.register_forward_hook(
+                lambda m, a, o, name=name: self._end(name)))
+        for name, attr in methods.items():
+            original = getattr(model, attr)
+
+            def timed(*args, _f=original, _name=name, **kwargs):
+                self._begin(_name)
+                out = _f(*args, **kwargs)
+                self._end(_name)
+                return out
+
+            setattr(model, attr, timed)
+            self._restore.append((model, attr))
+
+    def _begin(self, name):
+        self._start[name] = time.perf_counter()
+
+    def _end(self, name):
+        self.times[name] = self.times.get(name, 0.0) + 1000 * (time.perf_counter()
+                                                                 - self._start[name])
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+        for obj, attr in self._restore:
+            delattr(obj, attr)
 
 
-def build_model(args):
-    from detectron2.modeling import build_model as d2_build_model
-
-    opts = list(args.opts) + ["MODEL.WEIGHTS", "", "MODEL.DINO.WEIGHTS", ""]
-    if args.device:
-        opts += ["MODEL.DEVICE", args.device]
-    cfg = setup_cfg(args.config_file, opts)
-    return cfg, d2_build_model(cfg).eval()
-
-
-def part_times(model, batch, reps):
-    """{part: ms} for models with extract_features / decode_pixels / decode_queries /
-    postprocess (DinoMask2Former); the backbone is split into the ViT and its neck."""
-    if not all(hasattr(model, m) for m in ("extract_features", "decode_pixels",
-                                           "decode_queries", "postprocess")):
-        return {}
-    with torch.inference_mode():
-        images = model.preprocess_image(batch)
-        x = images.tensor
-        features = model.extract_features(x)
-        mask_features, multi_scale = model.decode_pixels(features)
-        outputs = model.decode_queries(multi_scale, mask_features)
-    parts = {"preprocess": median_ms(lambda: model.preprocess_image(batch), reps)}
-    backbone = model.extract_features
-    vit = getattr(model.backbone, "net", None)
-    parts["backbone (ViT)"] = median_ms(lambda: (vit or model.backbone)(x), reps)
-    if vit is not None:
-        parts["neck"] = max(0.0, median_ms(lambda: backbone(x), reps) - parts["backbone (ViT)"])
-    parts["pixel decoder"] = median_ms(lambda: model.decode_pixels(features), reps)
-    parts["transformer decoder"] = median_ms(
-        lambda: model.decode_queries(multi_scale, mask_features), reps)
-    parts["post-processing"] = median_ms(lambda: model.postprocess(outputs, batch, images), reps)
-    return parts
+def model_parts(model):
+    """name -> submodule, name -> method for the per-part breakdown."""
+    modules, methods = {}, {}
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:
+        if hasattr(backbone, "net"):  # ViT + simple feature pyramid: split ViT and neck
+            modules["backbone (ViT)"] = backbone.net
+            modules["backbone + neck"] = backbone
+        elif not hasattr(model, "upscale_block"):
+            modules["backbone"] = backbone
+    for name, attr in (("pixel decoder", "pixel_decoder"),
+                       ("transformer decoder", "transformer_decoder"),
+                       ("upscaler (EoMT)", "upscale_block"), ("mask head (EoMT)", "mask_head")):
+        if hasattr(model, attr):
+            modules[name] = getattr(model, attr)
+    if hasattr(model, "postprocess"):
+        methods["post-processing"] = "postprocess"
+    return modules, methods
 
 
-def peer_models(arch_name, size, num_classes):
-    """(name, module, input kwargs builder) for the transformers peers at the d2ext ViT shape."""
+def model_only(model):
+    """A function of the normalised image tensor that runs the model without post-processing."""
+    if hasattr(model, "predict"):
+        return model.predict
+    if hasattr(model, "decode_queries"):
+        def run(x):
+            mask_features, multi_scale = model.decode_pixels(model.extract_features(x))
+            return model.decode_queries(multi_scale, mask_features)
+        return run
+    return lambda x: model([{"image": x[0] * 255, "height": x.shape[-2], "width": x.shape[-1]}])
+
+
+def build_d2ext(args):
+    from detectron2.modeling import build_model
+
+    from d2ext.engine import setup_cfg
+
+    cfg = setup_cfg(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DINO.WEIGHTS", "",
+                                       "INPUT.MIN_SIZE_TEST", args.size,
+                                       "INPUT.MAX_SIZE_TEST", args.size] + args.opts)
+    model = build_model(cfg).eval()
+    if hasattr(model, "attn_mask_probs") and not args.masked_attn:
+        model.attn_mask_probs.zero_()
+    return cfg, model
+
+
+def peers(cfg, args, x, device, rows):
     from transformers import (DINOv3ViTConfig, DINOv3ViTModel, EomtDinov3Config,
                               EomtDinov3ForUniversalSegmentation, Mask2FormerConfig,
                               Mask2FormerForUniversalSegmentation)
 
-    arch = DINO_ARCHS[arch_name]
-    vit = dict(hidden_size=arch.width, num_hidden_layers=arch.depth,
-               num_attention_heads=arch.heads, intermediate_size=arch.mlp, patch_size=16,
-               num_register_tokens=4)
-    floor = DINOv3ViTModel(DINOv3ViTConfig(**vit, image_size=size)).eval()
+    from d2ext.modeling.backbone.dino_vit import DINO_ARCHS
+
+    arch = DINO_ARCHS[cfg.MODEL.DINO.ARCH]
+    shape = dict(hidden_size=arch.width, num_hidden_layers=arch.depth,
+                 num_attention_heads=arch.heads, intermediate_size=arch.mlp, patch_size=16,
+                 num_register_tokens=4, image_size=args.size)
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    queries = cfg.MODEL.EOMT.NUM_QUERIES if cfg.MODEL.META_ARCHITECTURE == "EoMT" else \
+        cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+    floor = DINOv3ViTModel(DINOv3ViTConfig(**shape)).eval().to(device)
+    rows["floor"] = median_ms(lambda: floor(pixel_values=x), args.reps, device)
+    del floor
     eomt = EomtDinov3ForUniversalSegmentation(EomtDinov3Config(
-        **vit, num_queries=100, num_blocks=4, num_labels=num_classes, image_size=size)).eval()
+        **shape, num_queries=queries, num_blocks=cfg.MODEL.EOMT.NUM_BLOCKS,
+        num_labels=num_classes)).eval().to(device)
     eomt.attn_mask_probs.zero_()
-    quarter = [max(1, arch.depth * i // 4) for i in range(1, 5)]
+    rows["hf_eomt"] = median_ms(lambda: eomt(pixel_values=x), args.reps, device)
+    if cfg.MODEL.META_ARCHITECTURE == "EoMT":
+        from transformers import EomtImageProcessor
+
+        processor = EomtImageProcessor(size={"shortest_edge": args.size,
+                                             "longest_edge": args.size})
+        image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
+
+        def hf_pipeline():
+            inputs = processor(images=image, return_tensors="pt").to(device)
+            outputs = eomt(**inputs)
+            return processor.post_process_instance_segmentation(
+                outputs, target_sizes=[(args.size, args.size)])
+
+        rows["hf_eomt_e2e"] = median_ms(hf_pipeline, args.reps, device)
+    del eomt
+    depth = arch.depth
     m2f = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(
-        backbone_config=DINOv3ViTConfig(**vit, image_size=size, out_indices=quarter),
-        num_labels=num_classes, num_queries=100)).eval()
-    return {"floor": floor, "hf_eomt": eomt, "hf_m2f": m2f}
+        backbone_config=DINOv3ViTConfig(**shape, out_indices=[depth // 4, depth // 2,
+                                                             3 * depth // 4, depth]),
+        num_labels=num_classes, num_queries=queries)).eval().to(device)
+    rows["hf_m2f"] = median_ms(lambda: m2f(pixel_values=x), args.reps, device)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--size", type=int, default=640)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=2, help="batch size for images/s")
-    parser.add_argument("--peers", action="store_true")
-    parser.add_argument("--no-parts", action="store_true", help="skip the per-part breakdown")
-    parser.add_argument("--device", default="", help="overrides MODEL.DEVICE")
+    parser.add_argument("--peers", action="store_true", help="also time transformers' peers")
+    parser.add_argument("--size", type=int, default=640, help="square input side")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=4, help="batch for images/s (1: skip)")
+    parser.add_argument("--masked-attn", action="store_true",
+                        help="EoMT: keep masked attention on (start of training)")
+    parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
+    from detectron2.engine import DefaultPredictor
 
     torch.manual_seed(0)
-    cfg, model = build_model(args)
-    device = str(model.device) if hasattr(model, "device") else cfg.MODEL.DEVICE
-    image = torch.rand(3, args.size, args.size, device=device) * 255
-    one = [{"image": image, "height": args.size, "width": args.size}]
-    rows = {"d2ext": median_ms(lambda: model(one), args.reps)}
-    batched = median_ms(lambda: model(one * args.batch), max(1, args.reps // 2))
-    memory = peak_memory_mb(device)
-    parts = {} if args.no_parts else part_times(model, one, args.reps)
-
-    print(f"config {args.config_file} ({cfg.MODEL.META_ARCHITECTURE}, {cfg.MODEL.DINO.ARCH}), "
-          f"{args.size}x{args.size}, device {device}, threads {torch.get_num_threads()}, "
-          f"torch {torch.__version__}, median of {args.reps}")
-    print(f"d2ext latency: {rows['d2ext']:.0f} ms/image (image in -> outputs out)")
-    print(f"d2ext throughput: {1000 * args.batch / batched:.2f} images/s at batch {args.batch}")
-    print(f"peak memory: {memory:.0f} MiB ({'CUDA allocated' if device.startswith('cuda') else 'process RSS'})")
-    if parts:
-        total = sum(parts.values())
-        print("per part:")
-        for name, ms in parts.items():
-            print(f"  {name:<20} {ms:8.1f} ms  {100 * ms / total:5.1f} %")
+    cfg, model = build_d2ext(args)
+    device = cfg.MODEL.DEVICE
+    x = torch.rand(1, 3, args.size, args.size, device=device)
+    run = model_only(model)
+    rows, extra = {}, {}
+    rows["d2ext"] = median_ms(lambda: run(x), args.reps, device)
+    extra["d2ext_peak_mem_mb"] = peak_memory_mb(lambda: run(x), device)
+    if args.batch > 1:
+        xb = torch.rand(args.batch, 3, args.size, args.size, device=device)
+        rows[f"d2ext_b{args.batch}"] = median_ms(lambda: run(xb), args.reps, device)
+        extra["images_per_s"] = 1000 * args.batch / rows[f"d2ext_b{args.batch}"]
+        extra[f"d2ext_b{args.batch}_peak_mem_mb"] = peak_memory_mb(lambda: run(xb), device)
+    predictor = DefaultPredictor(cfg.clone())
+    predictor.model = model  # the same weights and state as the rows above
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
+    rows["d2ext_e2e"] = median_ms(lambda: predictor(image), args.reps, device)
+    modules, methods = model_parts(model)
+    timer = PartTimer(model, modules, methods)
+    with torch.inference_mode():
+        predictor(image)
+    timer.close()
+    extra["parts_ms"] = timer.times
     if args.peers:
-        x = image[None] / 255
-        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-        for name, peer in peer_models(cfg.MODEL.DINO.ARCH, args.size, num_classes).items():
-            peer = peer.to(device)
-            rows[name] = median_ms(lambda: peer(pixel_values=x), args.reps)
-            del peer
-        floor = rows["floor"]
-        print("ratios (same run):")
-        for name, ms in rows.items():
-            extra = "".join(f", {ms / rows[p]:.2f} x {p}" for p in ("hf_eomt", "hf_m2f")
-                            if p != name and name == "d2ext")
-            print(f"  {name:<8} {ms:8.0f} ms  {ms / floor:5.2f} x floor{extra}")
-    return 0
+        peers(cfg, args, x, device, rows)
+
+    print(f"config {args.config_file}, size {args.size}, reps {args.reps}, device {device}, "
+          f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+    for name, ms in rows.items():
+        ratios = []
+        if "floor" in rows and not name.endswith("e2e"):
+            ratios.append(f"{ms / rows['floor']:.2f} x floor")
+        peer = "hf_eomt" if cfg.MODEL.META_ARCHITECTURE == "EoMT" else "hf_m2f"
+        if name == "d2ext" and peer in rows:
+            ratios.append(f"{ms / rows[peer]:.2f} x {peer}")
+        if name == "d2ext_e2e" and "hf_eomt_e2e" in rows:
+            ratios.append(f"{ms / rows['hf_eomt_e2e']:.2f} x hf_eomt_e2e")
+        print(f"{name}: {ms:.1f} ms" + (f"  ({', '.join(ratios)})" if ratios else ""))
+    if "images_per_s" in extra:
+        print(f"throughput at batch {args.batch}: {extra['images_per_s']:.2f} images/s")
+    print(f"peak memory, batch 1: {extra['d2ext_peak_mem_mb']:.0f} MiB"
+          + (f", batch {args.batch}: {extra[f'd2ext_b{args.batch}_peak_mem_mb']:.0f} MiB"
+             if args.batch > 1 else ""))
+    print("parts (one end-to-end pass): " + ", ".join(
+        f"{k} {v:.1f} ms" for k, v in extra["parts_ms"].items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config_file, "size": args.size, "device": device,
+                       "ms": rows, **extra}, f, indent=1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

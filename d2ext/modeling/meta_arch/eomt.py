@@ -1,0 +1,306 @@
+"""Encoder-only Mask Transformer (EoMT): the DINO ViT itself segments.
+
+Learnable queries join the ViT's tokens for its last ``num_blocks`` blocks; a light upscaler
+turns the patch tokens into a 1/4-resolution pixel embedding; each query gives class logits and,
+by a dot product with that embedding, a mask. During training each of those blocks first predicts
+masks and lets a query attend only inside its predicted mask (masked attention); the probability
+of applying that mask is annealed per block to 0, so a trained model runs as a plain ViT.
+
+The math equals transformers' ``EomtForUniversalSegmentation`` (DINOv2 family) and
+``EomtDinov3ForUniversalSegmentation``: ``tools/convert_hf_eomt.py`` turns their weights into a
+checkpoint of this model.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.utils.events import get_event_storage
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..backbone.dino_vit import DinoViTBackbone
+from ..criterion import SetCriterion
+from ..matcher import HungarianMatcher
+from .dino_mask2former import DinoMask2Former
+from .mask_former_inference import MaskFormerInference
+
+__all__ = ["EoMT", "adapt_vit_for_eomt", "mask_annealing_probs"]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an (N, C, H, W) map."""
+
+    def forward(self, x):
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
+
+
+class ScaleLayer(nn.Module):
+    """x2 upsampling: transposed conv 2x2 -> activation -> depthwise 3x3 -> LayerNorm2d."""
+
+    def __init__(self, dim, activation):
+        super().__init__()
+        self.conv1 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.activation = activation
+        self.conv2 = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.layernorm2d = LayerNorm2d(dim, eps=1e-6)
+
+    def forward(self, x):
+        return self.layernorm2d(self.conv2(self.activation(self.conv1(x))))
+
+
+class ScaleBlock(nn.Module):
+    """``num_layers`` ScaleLayers: (N, C, h, w) -> (N, C, h * 2**num_layers, w * 2**num_layers)."""
+
+    def __init__(self, dim, num_layers, activation):
+        super().__init__()
+        self.block = nn.ModuleList([ScaleLayer(dim, activation) for _ in range(num_layers)])
+
+    def forward(self, x):
+        for layer in self.block:
+            x = layer(x)
+        return x
+
+
+class MaskHead(nn.Module):
+    """3-layer MLP: query tokens (N, Q, C) -> mask embeddings (N, Q, C)."""
+
+    def __init__(self, dim, activation):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = (nn.Linear(dim, dim) for _ in range(3))
+        self.activation = activation
+
+    def forward(self, x):
+        return self.fc3(self.activation(self.fc2(self.activation(self.fc1(x)))))
+
+
+def mask_annealing_probs(iteration, start_iters, end_iters, power=0.9):
+    """Per-block probability of masked attention at ``iteration``: 1 before the block's start,
+    0 from its end on, polynomial decay ``(1 - progress) ** power`` in between (EoMT's
+    schedule). Returns a list of floats, one per block with queries."""
+    probs = []
+    for start, end in zip(start_iters, end_iters):
+        if iteration < start:
+            probs.append(1.0)
+        elif iteration >= end:
+            probs.append(0.0)
+        else:
+            probs.append((1.0 - (iteration - start) / (end - start)) ** power)
+    return probs
+
+
+def adapt_vit_for_eomt(backbone, patch_size=0, image_size=0):
+    """Give a DINOv2-family ViT the patch size and absolute position grid EoMT uses.
+
+    EoMT runs DINOv2 at patch 16 with position embeddings on an ``image_size / 16`` grid
+    (transformers' EoMT checkpoints have that shape). ``patch_size`` 0 keeps the ViT's own;
+    otherwise the patch kernel is resampled (bilinearly, so pretrained weights stay usable).
+    ``image_size`` 0 keeps the position grid; otherwise the position embeddings are resampled
+    (bicubic) to ``image_size // patch`` per side. DINOv3 (RoPE) has no grid and needs neither.
+    Returns the patch size in use.
+    """
+    vit = backbone.vit
+    patch = patch_size or backbone.arch.patch
+    if backbone.arch.family == "dinov3":
+        if patch != backbone.arch.patch:
+            raise ValueError(f"MODEL.EOMT.PATCH_SIZE={patch_size}: DINOv3 ViTs keep their patch "
+                             f"size {backbone.arch.patch}; set 0.")
+        return patch
+    embed = vit.embeddings.patch_embeddings
+    if patch != embed.patch_size[0]:
+        old = embed.projection
+        new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=patch, stride=patch)
+        with torch.no_grad():
+            new.weight.copy_(F.interpolate(old.weight, size=(patch, patch), mode="bilinear",
+                                           align_corners=False)
+                             * (embed.patch_size[0] / patch) ** 2)
+            new.bias.copy_(old.bias)
+        embed.projection = new
+        embed.patch_size = (patch, patch)
+        vit.config.patch_size = patch
+    if image_size:
+        pos = vit.embeddings.position_embeddings
+        grid = image_size // patch
+        old_grid = math.isqrt(pos.shape[1] - 1)
+        if grid != old_grid:
+            patch_pos = pos[:, 1:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
+            patch_pos = F.interpolate(patch_pos.float(), size=(grid, grid), mode="bicubic",
+                                      align_corners=False, antialias=True)
+            new_pos = torch.cat([pos[:, :1], patch_pos.flatten(2).transpose(1, 2)], dim=1)
+            vit.embeddings.position_embeddings = nn.Parameter(new_pos.detach())
+            vit.config.image_size = image_size
+    return patch
+
+
+@META_ARCH_REGISTRY.register()
+class EoMT(nn.Module):
+    """Encoder-only Mask Transformer on a DINOv2 / DINOv3 ViT (``DinoViTBackbone``).
+
+    Input: detectron2's list of dicts with "image" (3, H, W) in INPUT.FORMAT, optional
+    "height"/"width" (output size) and, for training, "instances" with ``gt_classes`` and
+    ``gt_masks``. Any H, W: images are padded only to the patch multiple (never to a square).
+
+    ``predict(images)``: normalised (N, 3, H, W) -> class logits (N, Q, K+1) and mask logits
+    (N, Q, 4 * ceil(H / p), 4 * ceil(W / p)) for patch size p (masks at 1/4 resolution).
+    Inference: per image a dict with "instances", "sem_seg", "panoptic_seg" as enabled by
+    MODEL.MASK_FORMER.TEST.*_ON. Training: the set criterion's losses, deep supervision from
+    every block with queries.
+    """
+
+    @configurable
+    def __init__(self, *, backbone, num_classes, num_queries=100, num_blocks=4,
+                 num_upscale_blocks=2, patch_size=0, image_size=0, layer_norm_eps=0.0,
+                 criterion=None,
+                 postprocessor=None, pixel_mean=(123.675, 116.28, 103.53),
+                 pixel_std=(58.395, 57.12, 57.375), anneal_start_iters=(), anneal_end_iters=(),
+                 anneal_power=0.9):
+        super().__init__()
+        if not isinstance(backbone, DinoViTBackbone):
+            raise ValueError("EoMT needs MODEL.BACKBONE.NAME 'build_dino_vit_backbone' (the bare "
+                             f"DINO ViT); got {type(backbone).__name__}.")
+        depth = backbone.num_blocks
+        if not 1 <= num_blocks <= depth:
+            raise ValueError(f"MODEL.EOMT.NUM_BLOCKS={num_blocks}: must lie in [1, {depth}] "
+                             f"(the ViT has {depth} blocks).")
+        if len(anneal_start_iters) != len(anneal_end_iters) or \
+                len(anneal_start_iters) not in (0, num_blocks):
+            raise ValueError("MODEL.EOMT.ANNEAL_START_ITERS / ANNEAL_END_ITERS: give one "
+                             f"iteration per block with queries ({num_blocks}) in each, or none "
+                             "(keep ATTN_MASK_PROBS as loaded).")
+        self.backbone = backbone
+        self.is_dinov3 = backbone.arch.family == "dinov3"
+        self.patch_size = adapt_vit_for_eomt(backbone, patch_size, image_size)
+        if layer_norm_eps:
+            for m in self.vit.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.eps = layer_norm_eps
+        self.num_prefix_tokens = backbone.arch.num_prefix_tokens
+        self.num_queries, self.num_blocks = num_queries, num_blocks
+        width = backbone.arch.width
+        activation = ACT2FN[self.vit.config.hidden_act]  # the head uses the ViT's, as EoMT does
+        self.query = nn.Embedding(num_queries, width)
+        self.upscale_block = ScaleBlock(width, num_upscale_blocks, activation)
+        self.mask_head = MaskHead(width, activation)
+        self.class_predictor = nn.Linear(width, num_classes + 1)
+        # Probability that block i (of the last num_blocks) masks its queries' attention; saved
+        # with the model: a trained EoMT has all zeros and then runs without any masks.
+        self.register_buffer("attn_mask_probs", torch.ones(num_blocks))
+        self.anneal = (tuple(anneal_start_iters), tuple(anneal_end_iters), anneal_power)
+        self.criterion = criterion
+        self.postprocessor = postprocessor
+        self.size_divisibility = self.patch_size
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg):
+        mf, e = cfg.MODEL.MASK_FORMER, cfg.MODEL.EOMT
+        matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT,
+                                   num_points=mf.TRAIN_NUM_POINTS)
+        criterion = SetCriterion(
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, matcher, class_weight=mf.CLASS_WEIGHT,
+            mask_weight=mf.MASK_WEIGHT, dice_weight=mf.DICE_WEIGHT, eos_coef=mf.NO_OBJECT_WEIGHT,
+            num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
+            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO)
+        return {
+            "backbone": build_backbone(cfg), "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "num_queries": e.NUM_QUERIES, "num_blocks": e.NUM_BLOCKS,
+            "num_upscale_blocks": e.NUM_UPSCALE_BLOCKS, "patch_size": e.PATCH_SIZE,
+            "image_size": e.IMAGE_SIZE, "layer_norm_eps": e.LAYER_NORM_EPS, "criterion": criterion,
+            "postprocessor": MaskFormerInference(cfg), "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD, "anneal_start_iters": e.ANNEAL_START_ITERS,
+            "anneal_end_iters": e.ANNEAL_END_ITERS, "anneal_power": e.ANNEAL_POWER,
+        }
+
+    @property
+    def vit(self):
+        """The transformers ViT (DINOv2: ``Dinov2[WithRegisters]Model``; DINOv3:
+        ``DINOv3ViTModel``)."""
+        return self.backbone.vit
+
+    @property
+    def blocks(self):
+        return self.vit.model.layer if self.is_dinov3 else self.vit.encoder.layer
+
+    @property
+    def final_norm(self):
+        return self.vit.norm if self.is_dinov3 else self.vit.layernorm
+
+    # detectron2 plumbing shared with the Mask2Former-style model (same inputs and outputs).
+    device = DinoMask2Former.device
+    preprocess_image = DinoMask2Former.preprocess_image
+    prepare_targets = DinoMask2Former.prepare_targets
+    postprocess = DinoMask2Former.postprocess
+
+    def _predict_heads(self, tokens, grid):
+        """Normed tokens (N, Q + prefix + h*w, C) -> (mask logits (N, Q, 4h, 4w), class logits)."""
+        queries = tokens[:, : self.num_queries]
+        patches = tokens[:, self.num_queries + self.num_prefix_tokens:]
+        patches = patches.transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+        pixels = self.upscale_block(patches)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_head(queries), pixels)
+        return masks, self.class_predictor(queries)
+
+    def _attention_mask(self, mask_logits, grid, prob):
+        """Boolean (N, 1, T, T) mask, True = may attend: queries see only the patches inside
+        their predicted mask, except a random (1 - prob) share of queries that see everything.
+        """
+        n, q = mask_logits.shape[:2]
+        tokens = q + self.num_prefix_tokens + grid[0] * grid[1]
+        mask = torch.ones(n, tokens, tokens, dtype=torch.bool, device=mask_logits.device)
+        inside = F.interpolate(mask_logits, size=grid, mode="bilinear").flatten(2) > 0
+        if prob < 1:
+            inside |= (torch.rand(n, q, device=mask_logits.device) > prob)[..., None]
+        mask[:, :q, q + self.num_prefix_tokens:] = inside
+        return mask[:, None]
+
+    def _update_mask_probs(self):
+        starts, ends, power = self.anneal
+        if not starts:
+            return
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:  # not inside a detectron2 trainer: keep the current probabilities
+            return
+        self.attn_mask_probs.copy_(torch.tensor(mask_annealing_probs(iteration, starts, ends,
+                                                                     power)))
+
+    def predict(self, images):
+        """Normalised (N, 3, H, W), H and W multiples of the patch size -> {"pred_logits"
+        (N, Q, K+1), "pred_masks" (N, Q, 4H/p, 4W/p)} and, in training, "aux_outputs": the
+        predictions made before each block with queries."""
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        x = self.vit.embeddings(images)
+        extra = {"position_embeddings": self.vit.rope_embeddings(images)} if self.is_dinov3 \
+            else {}
+        first_query_block = len(self.blocks) - self.num_blocks
+        probs = self.attn_mask_probs.tolist()
+        aux = []
+        for i, block in enumerate(self.blocks):
+            mask = None
+            if i == first_query_block:
+                x = torch.cat([self.query.weight.expand(x.shape[0], -1, -1), x], dim=1)
+            if i >= first_query_block and (self.training or probs[i - first_query_block] > 0):
+                # Predict from the current tokens: deep supervision and the attention mask.
+                mask_logits, class_logits = self._predict_heads(self.final_norm(x), grid)
+                aux.append({"pred_logits": class_logits, "pred_masks": mask_logits})
+                prob = probs[i - first_query_block]
+                if prob > 0:
+                    mask = self._attention_mask(mask_logits, grid, prob)
+            x = block(x, attention_mask=mask, **extra)
+        mask_logits, class_logits = self._predict_heads(self.final_norm(x), grid)
+        out = {"pred_logits": class_logits, "pred_masks": mask_logits}
+        if self.training:
+            out["aux_outputs"] = aux
+        return out
+
+    def forward(self, batched_inputs):
+        images = self.preprocess_image(batched_inputs)
+        if self.training:
+            self._update_mask_probs()
+            outputs = self.predict(images.tensor)
+            return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
+        return self.postprocess(self.predict(images.tensor), batched_inputs, images)
+
