@@ -82,11 +82,6 @@ def build_hf_vit(arch: DinoArch, drop_path_rate=0.0):
     return Dinov2Model(Dinov2Config(**v2))
 
 
-def _hf_blocks(vit):
-    encoder = vit.model if hasattr(vit, "model") else vit.encoder  # DINOv3 / DINOv2
-    return encoder.layer
-
-
 class DinoViTBackbone(Backbone):
     """A DINOv2 / DINOv3 ViT (transformers) as a detectron2 backbone.
 
@@ -114,9 +109,6 @@ class DinoViTBackbone(Backbone):
                              f"in [-{depth}, {depth - 1}] for {arch}")
         self.out_blocks = blocks
         self.num_blocks = depth
-        # Dinov2 calls its final norm `layernorm`, DINOv3 `norm`; every chosen block gets it, as
-        # in DINOv2's get_intermediate_layers(norm=True).
-        self._norm_name = "layernorm" if hasattr(self.vit, "layernorm") else "norm"
         # The masked-image-modelling token is used only in pre-training: it never gets a
         # gradient here, which multi-process training (DDP) would report as an error.
         self.vit.embeddings.mask_token.requires_grad_(False)
@@ -131,10 +123,22 @@ class DinoViTBackbone(Backbone):
         if freeze_blocks == 0:
             return
         frozen = [self.vit] if freeze_blocks < 0 else (
-            [self.vit.embeddings] + list(_hf_blocks(self.vit))[:freeze_blocks])
+            [self.vit.embeddings] + list(self.blocks)[:freeze_blocks])
         for module in frozen:
             for p in module.parameters():
                 p.requires_grad_(False)
+
+    @property
+    def blocks(self):
+        """The transformers ViT's blocks (DINOv3: ``vit.model.layer``, DINOv2:
+        ``vit.encoder.layer``)."""
+        return (self.vit.model if self.arch.family == "dinov3" else self.vit.encoder).layer
+
+    @property
+    def final_norm(self):
+        """The ViT's final LayerNorm (DINOv3: ``vit.norm``, DINOv2: ``vit.layernorm``); every
+        chosen block's tokens get it, as in DINOv2's get_intermediate_layers(norm=True)."""
+        return self.vit.norm if self.arch.family == "dinov3" else self.vit.layernorm
 
     @property
     def size_divisibility(self):
@@ -152,7 +156,7 @@ class DinoViTBackbone(Backbone):
                               mode="bilinear", align_corners=False, antialias=False)
         hidden = self.vit(pixel_values=x, output_hidden_states=True).hidden_states
         skip = self.arch.num_prefix_tokens
-        final_norm = getattr(self.vit, self._norm_name)
+        final_norm = self.final_norm
         maps = []
         for b in self.out_blocks:
             tokens = final_norm(hidden[b + 1])[:, skip:]

@@ -222,11 +222,11 @@ class EoMT(nn.Module):
 
     @property
     def blocks(self):
-        return self.vit.model.layer if self.is_dinov3 else self.vit.encoder.layer
+        return self.backbone.blocks
 
     @property
     def final_norm(self):
-        return self.vit.norm if self.is_dinov3 else self.vit.layernorm
+        return self.backbone.final_norm
 
     # detectron2 plumbing shared with the Mask2Former-style model (same inputs and outputs).
     device = DinoMask2Former.device

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..backbone.dino_vit import DINO_STRIDE, _hf_blocks
+from ..backbone.dino_vit import DINO_STRIDE
 
 PROMPT_METHODS = ("clustering", "attention", "prototypes", "grid")
 
@@ -138,7 +138,7 @@ def capture_last_attention_input(backbone):
     the yielded dict, so :func:`cls_attention_saliency` can recompute its attention cheaply
     (flash/SDPA attention returns no weights)."""
     captured = {}
-    attention = _hf_blocks(backbone.vit)[-1].attention
+    attention = backbone.blocks[-1].attention
 
     def hook(module, args, kwargs):
         captured["hidden"] = args[0] if args else kwargs["hidden_states"]
@@ -155,7 +155,7 @@ def cls_attention_saliency(backbone, captured, grid_size):
     """The class token's attention over the patches in the last block, averaged over heads:
     (h, w) for image 0 of the captured batch. DINO's class-token attention concentrates on
     objects, which makes it a prompt saliency without any training."""
-    attention = _hf_blocks(backbone.vit)[-1].attention
+    attention = backbone.blocks[-1].attention
     hidden = captured["hidden"][:1]
     heads = backbone.arch.heads
     q = attention.q_proj(hidden[:, :1]).view(1, 1, heads, -1).transpose(1, 2)
