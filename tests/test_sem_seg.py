@@ -5,14 +5,16 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import build_model
+from detectron2.modeling import SemanticSegmentor, build_model
 from PIL import Image
 
 from d2ext.data.datasets import DatasetError
 from d2ext.engine import setup_cfg
 from d2ext.modeling import DinoLinearSemSegHead
+from d2ext.modeling.dino_linear_sem_seg_head import upsample_bilinear
 from sem_seg_utils import REPO, load_tool
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_semseg.yaml")
@@ -57,6 +59,32 @@ def test_semantic_segmentor_pads_and_returns_image_size(tmp_path):
     with torch.no_grad():
         out = model([{"image": image, "height": 100, "width": 140}])[0]["sem_seg"]
     assert out.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 100, 140)
+
+
+@pytest.mark.parametrize("size_in,size_out", [(4, 64), (5, 80), (7, 50), (50, 100), (80, 37)])
+def test_bilinear_matrix_equals_interpolate(size_in, size_out):
+    x = torch.randn(2, 3, size_in, size_in + 1, dtype=torch.float64)
+    expected = F.interpolate(x, size=(size_out, size_out + 3), mode="bilinear",
+                             align_corners=False)
+    got = upsample_bilinear(x, (size_out, size_out + 3))
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+def test_dino_semantic_segmentor_equals_semantic_segmentor(tmp_path):
+    """The one-pass resampling gives detectron2's SemanticSegmentor output: padding cropped,
+    resized to the requested height and width (here neither a multiple of 16 nor the input)."""
+    cfg = setup_cfg(QUICKSTART, tiny_opts(tmp_path))
+    model = build_model(cfg).eval()
+    assert type(model).__name__ == "DinoSemanticSegmentor"
+    with torch.no_grad():
+        model.sem_seg_head.classifier.weight.normal_()  # not the near-zero initial logits
+        for height, width, out in [(50, 70, (100, 140)), (64, 48, (64, 48)), (90, 40, (33, 61))]:
+            image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
+            batch = [{"image": image, "height": out[0], "width": out[1]}]
+            got = model(batch)[0]["sem_seg"]
+            expected = SemanticSegmentor.forward(model, batch)[0]["sem_seg"]
+            assert got.shape == expected.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, *out)
+            assert torch.allclose(got, expected, atol=1e-4 * expected.abs().max())
 
 
 def _write_pairs(root, image_names, mask_names):

@@ -9,8 +9,11 @@ the backbone's: what the head, the padding and the upsampling to the image add.
 
   floor        transformers' DINOv3ViTModel alone (as in the peers' benchmark)
   backbone     d2ext's DinoViTBackbone with the config's OUT_BLOCKS (the last four)
-  semseg_*     the whole SemanticSegmentor of a config: normalisation, padding, backbone,
-               head, upsampling to the image, sem_seg_postprocess
+  semseg_*     the whole model of a config (DinoSemanticSegmentor): normalisation, padding,
+               backbone, head, logits resampled to the image size
+  write_*      filling a fresh float32 tensor of a config's output shape (classes x size x size)
+               with zeros: the least any model returning those logits pays (mostly the kernel
+               mapping fresh pages); shown for scale, its "head overhead" is the write alone
 
   python tools/benchmark_semseg.py --size 640 --reps 7
 """
@@ -48,10 +51,12 @@ def main():
     batch = [{"image": image, "height": args.size, "width": args.size}]
     x = (image.float()[None] - 128.0) / 64.0
 
-    models = {}
+    models, writes = {}, {}
     for name, config_file in CONFIGS.items():
         model, cfg = semseg_model(config_file, args.size)
         models[name] = lambda m=model: m(batch)
+        shape = (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, args.size, args.size)
+        writes["write_" + name.split("_")[-1]] = lambda s=shape: torch.zeros(s)
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     arch = DinoViTBackbone(arch=cfg.MODEL.DINO.ARCH).arch
@@ -60,7 +65,8 @@ def main():
         intermediate_size=arch.mlp, patch_size=arch.patch, num_register_tokens=4)).eval()
     backbone = DinoViTBackbone(arch=cfg.MODEL.DINO.ARCH,
                                out_blocks=tuple(cfg.MODEL.DINO.OUT_BLOCKS)).eval()
-    models = {"floor": lambda: floor(pixel_values=x), "backbone": lambda: backbone(x), **models}
+    models = {"floor": lambda: floor(pixel_values=x), "backbone": lambda: backbone(x), **models,
+              **writes}
 
     times = {name: [] for name in models}
     order = random.Random(0)
@@ -76,12 +82,17 @@ def main():
                 fn()
                 times[name].append(time.perf_counter() - start)
     median = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    writes_median = {name: sorted(t)[len(t) // 2] for name, t in times.items() if name in writes}
+    median = {name: t for name, t in median.items() if name not in writes}
     print(f"{cfg.MODEL.DINO.ARCH} random weights, {args.size}x{args.size}, CPU, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.reps}")
     for name, seconds in median.items():
         print(f"{name:22s} {1000 * seconds:7.0f} ms  {1 / seconds:6.2f} img/s  "
               f"{seconds / median['floor']:.3f} x floor  head overhead "
               f"{100 * (seconds / median['backbone'] - 1):+.1f}%")
+    for name, seconds in writes_median.items():
+        print(f"{name:22s} {1000 * seconds:7.0f} ms  (= {100 * seconds / median['backbone']:.1f}% "
+              "of the backbone)")
 
 
 if __name__ == "__main__":

@@ -81,9 +81,11 @@ class DinoLinearSemSegHead(nn.Module):
         return self.loss_weight * F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
 
 
-def _bilinear_matrix(size_in, size_out, scale, device, dtype):
-    """(size_out, size_in) weights of 1-D bilinear resampling, align_corners=False."""
-    src = ((torch.arange(size_out, device=device, dtype=torch.float64) + 0.5) / scale - 0.5)
+def bilinear_matrix(size_in, size_out, device=None):
+    """(size_out, size_in) float64 weights of 1-D bilinear resampling as ``F.interpolate(...,
+    size=..., mode="bilinear", align_corners=False)`` does it (no antialiasing)."""
+    src = (torch.arange(size_out, device=device, dtype=torch.float64) + 0.5) \
+        * (size_in / size_out) - 0.5
     src = src.clamp(min=0)
     lo = src.floor().long().clamp(max=size_in - 1)
     hi = (lo + 1).clamp(max=size_in - 1)
@@ -92,20 +94,17 @@ def _bilinear_matrix(size_in, size_out, scale, device, dtype):
     matrix = torch.zeros(size_out, size_in, device=device, dtype=torch.float64)
     matrix.index_put_((rows, lo), 1 - frac, accumulate=True)
     matrix.index_put_((rows, hi), frac, accumulate=True)
-    return matrix.to(dtype)
+    return matrix
 
 
 def upsample_bilinear(x, size):
-    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` for integer scale
-    factors, as two matrix products (rows, then columns).
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` as two matrix products
+    (rows, then columns).
 
     The output (N, K, H, W) is large (K x H x W logits) and the input tiny (a 1/16 grid), so
     the cost is writing the output: one pass through BLAS writes it about twice as fast as
     upsample_bilinear2d on CPU, which matters with many classes (150 at 640x640: 61M values).
     """
-    (h, w), (out_h, out_w) = x.shape[-2:], tuple(size)
-    if out_h % h or out_w % w:
-        return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)
-    rows = _bilinear_matrix(h, out_h, out_h // h, x.device, x.dtype)
-    cols = _bilinear_matrix(w, out_w, out_w // w, x.device, x.dtype)
+    rows = bilinear_matrix(x.shape[-2], size[0], x.device).to(x.dtype)
+    cols = bilinear_matrix(x.shape[-1], size[1], x.device).to(x.dtype)
     return rows @ x @ cols.T

@@ -30,7 +30,7 @@ def _register_sem_seg_from_cfg(cfg):
             raise DatasetError(f"DATASETS.SEM_SEG entry {entry!r}: expected "
                                "[name, image_dir, mask_dir].")
         register_sem_seg_dataset(*entry, classes=classes, ignore_value=head.IGNORE_VALUE)
-    if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+    if cfg.MODEL.META_ARCHITECTURE not in ("SemanticSegmentor", "DinoSemanticSegmentor"):
         return
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         named = getattr(MetadataCatalog.get(name), "stuff_classes", None)

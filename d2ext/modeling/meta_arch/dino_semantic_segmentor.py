@@ -1,0 +1,56 @@
+"""detectron2's SemanticSegmentor, with the logits resampled to the output size in one pass."""
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
+from detectron2.structures import ImageList
+
+from ..dino_linear_sem_seg_head import bilinear_matrix
+
+
+@META_ARCH_REGISTRY.register()
+class DinoSemanticSegmentor(SemanticSegmentor):
+    """SemanticSegmentor whose inference writes the (K, height, width) logits once.
+
+    detectron2's SemanticSegmentor has the head upsample its logits to the padded input size,
+    then ``sem_seg_postprocess`` crops the padding and resizes them to the requested
+    ("height", "width") with ``F.interpolate`` even when the size is unchanged. With many
+    classes that is most of the head's cost: 150 x 640 x 640 float logits are 245 MB, written
+    twice. Here the head gives its logits at the feature stride (``sem_seg_head.layers``), and
+    the three linear steps (upsample by the stride, crop, resize) are folded into one row and
+    one column matrix, so the logits are written once. The result equals SemanticSegmentor's
+    up to float rounding (tests/test_sem_seg.py checks it).
+
+    Training, and heads without ``layers``, use SemanticSegmentor unchanged.
+    """
+
+    def forward(self, batched_inputs):
+        if self.training or not hasattr(self.sem_seg_head, "layers"):
+            return super().forward(batched_inputs)
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
+                  for x in batched_inputs]
+        images = ImageList.from_tensors(images, self.backbone.size_divisibility,
+                                        padding_constraints=self.backbone.padding_constraints)
+        logits = self.sem_seg_head.layers(self.backbone(images.tensor))
+        stride = self.sem_seg_head.stride
+        results = []
+        for per_image, inputs, image_size in zip(logits, batched_inputs, images.image_sizes):
+            out_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
+            results.append({"sem_seg": resample_logits(per_image, stride, image_size, out_size)})
+        return results
+
+
+def resample_logits(logits, stride, image_size, out_size):
+    """(K, h, w) logits on the stride grid of a padded image -> (K, *out_size).
+
+    Equals upsampling by ``stride`` (bilinear, align_corners=False), cropping to ``image_size``
+    and resizing to ``out_size`` (bilinear) - what SemanticSegmentor and sem_seg_postprocess do -
+    as ``rows @ logits @ cols.T`` with composed resampling matrices.
+    """
+    matrices = []
+    for n, size, out in zip(logits.shape[-2:], image_size, out_size):
+        upsample = bilinear_matrix(n, n * stride, logits.device)[:size]  # upsample, then crop
+        matrices.append((bilinear_matrix(size, out, logits.device) @ upsample).to(logits.dtype))
+    rows, cols = matrices
+    # Columns first: the small (K, h, W) product, then one pass writes the (K, H, W) logits.
+    # Writing them is the cost left: at 150 x 640 x 640 floats, mapping the 245 MB of fresh
+    # memory alone takes about as long as the products (CPU, tools/benchmark_semseg.py).
+    return rows @ (logits @ cols.T)
