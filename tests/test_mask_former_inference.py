@@ -210,3 +210,35 @@ def test_panoptic_output_evaluates_with_coco_panoptic_evaluator(val_records, tmp
     for r, (_, out) in zip(val_records, _panoptic_outputs(val_records)):
         evaluator.process([r], [out])
     assert evaluator.evaluate()["panoptic_seg"]["PQ"] > 80
+
+
+def test_mask_boxes_equal_detectron2_bitmasks():
+    from detectron2.structures import BitMasks
+
+    from d2ext.modeling.meta_arch.mask_former_inference import mask_boxes
+
+    masks = torch.rand(6, 23, 31) > 0.97
+    masks[0] = False  # empty
+    masks[1] = False
+    masks[1, 22, 30] = True  # one pixel in the corner
+    assert torch.equal(mask_boxes(masks), BitMasks(masks).get_bounding_boxes().tensor)
+
+
+def test_instances_equal_full_resolution_threshold_for_repeated_queries():
+    """Chunked full-resolution masks: each selection gets its query's mask (> 0 of the resized
+    logits) and box, also when one query is selected for several classes."""
+    torch.manual_seed(0)
+    mask_cls, mask_logits = torch.randn(11, 4), torch.randn(11, 8, 10) * 3
+    post = MaskFormerInference(semantic_on=False, instance_on=True, panoptic_on=False, topk=30)
+    out = post(mask_cls, mask_logits, (32, 40), (30, 37), (45, 50))["instances"]
+    full = resize_mask_logits(mask_logits, (32, 40), (30, 37), (45, 50))
+    probs = mask_cls.softmax(-1)[:, :-1]
+    assert len(out) == 30 and len(set(out.pred_classes.tolist())) > 1
+    for mask, box, cls, score in zip(out.pred_masks, out.pred_boxes.tensor, out.pred_classes,
+                                     out.scores):
+        matches = [q for q in range(11) if torch.equal(mask, full[q] > 0)]
+        assert matches, "every mask is the thresholded full-resolution logits of a query"
+        q = matches[0]
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert score <= probs[q, cls] + 1e-6

@@ -4,9 +4,11 @@
     python tools/benchmark.py --config-file configs/dinov3_eomt.yaml --peers [--size 640]
         [--reps 7] [--batch 4] [--json out.json] [KEY VALUE ...]
 
-Random weights (MODEL.WEIGHTS and MODEL.DINO.WEIGHTS are ignored), eval mode, one warm-up, the
-median of --reps timed passes under ``torch.inference_mode``. EoMT runs in its trained state
-(masked attention off, as after annealing) unless --masked-attn.
+Random weights (MODEL.WEIGHTS and MODEL.DINO.WEIGHTS are ignored), eval mode, under
+``torch.inference_mode``. Every row gets one warm-up pass, then --reps rounds in which each row
+runs once, in a new random order per round: a shared machine's slow spells hit all rows alike.
+The figure is the median over the rounds. EoMT runs in its trained state (masked attention off,
+as after annealing) unless --masked-attn.
 
 Rows:
   d2ext        the model alone: normalised (1, 3, S, S) tensor -> class and mask logits
@@ -70,18 +72,26 @@ def peak_memory_mb(fn, device):
     return (max(peak[0], _rss_bytes()) - base) / 2**20
 
 
-def median_ms(fn, reps, device):
+def interleaved_medians(fns, reps, device, seed=0):
+    """name -> median ms over ``reps`` rounds; each round runs every fn once in random order."""
+    import random
+
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = {name: [] for name in fns}
+    order = random.Random(seed)
     with torch.inference_mode():
-        fn()
-        times = []
+        for fn in fns.values():
+            fn()  # warm-up
         for _ in range(reps):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+            names = list(fns)
+            order.shuffle(names)
+            for name in names:
+                sync()
+                start = time.perf_counter()
+                fns[name]()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 class PartTimer:
@@ -166,7 +176,8 @@ def build_d2ext(args):
     return cfg, model
 
 
-def peers(cfg, args, x, device, rows):
+def peers(cfg, args, x, device):
+    """name -> function running one of transformers' peers at the config's shape."""
     from transformers import (DINOv3ViTConfig, DINOv3ViTModel, EomtDinov3Config,
                               EomtDinov3ForUniversalSegmentation, Mask2FormerConfig,
                               Mask2FormerForUniversalSegmentation)
@@ -181,13 +192,12 @@ def peers(cfg, args, x, device, rows):
     queries = cfg.MODEL.EOMT.NUM_QUERIES if cfg.MODEL.META_ARCHITECTURE == "EoMT" else \
         cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
     floor = DINOv3ViTModel(DINOv3ViTConfig(**shape)).eval().to(device)
-    rows["floor"] = median_ms(lambda: floor(pixel_values=x), args.reps, device)
-    del floor
+    rows = {"floor": lambda: floor(pixel_values=x)}
     eomt = EomtDinov3ForUniversalSegmentation(EomtDinov3Config(
         **shape, num_queries=queries, num_blocks=cfg.MODEL.EOMT.NUM_BLOCKS,
         num_labels=num_classes)).eval().to(device)
     eomt.attn_mask_probs.zero_()
-    rows["hf_eomt"] = median_ms(lambda: eomt(pixel_values=x), args.reps, device)
+    rows["hf_eomt"] = lambda: eomt(pixel_values=x)
     if cfg.MODEL.META_ARCHITECTURE == "EoMT":
         from transformers import EomtImageProcessor
 
@@ -201,14 +211,14 @@ def peers(cfg, args, x, device, rows):
             return processor.post_process_instance_segmentation(
                 outputs, target_sizes=[(args.size, args.size)])
 
-        rows["hf_eomt_e2e"] = median_ms(hf_pipeline, args.reps, device)
-    del eomt
+        rows["hf_eomt_e2e"] = hf_pipeline
     depth = arch.depth
     m2f = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(
         backbone_config=DINOv3ViTConfig(**shape, out_indices=[depth // 4, depth // 2,
                                                              3 * depth // 4, depth]),
         num_labels=num_classes, num_queries=queries)).eval().to(device)
-    rows["hf_m2f"] = median_ms(lambda: m2f(pixel_values=x), args.reps, device)
+    rows["hf_m2f"] = lambda: m2f(pixel_values=x)
+    return rows
 
 
 def main(argv=None):
@@ -230,26 +240,27 @@ def main(argv=None):
     device = cfg.MODEL.DEVICE
     x = torch.rand(1, 3, args.size, args.size, device=device)
     run = model_only(model)
-    rows, extra = {}, {}
-    rows["d2ext"] = median_ms(lambda: run(x), args.reps, device)
+    fns, extra = {"d2ext": lambda: run(x)}, {}
     extra["d2ext_peak_mem_mb"] = peak_memory_mb(lambda: run(x), device)
     if args.batch > 1:
         xb = torch.rand(args.batch, 3, args.size, args.size, device=device)
-        rows[f"d2ext_b{args.batch}"] = median_ms(lambda: run(xb), args.reps, device)
-        extra["images_per_s"] = 1000 * args.batch / rows[f"d2ext_b{args.batch}"]
+        fns[f"d2ext_b{args.batch}"] = lambda: run(xb)
         extra[f"d2ext_b{args.batch}_peak_mem_mb"] = peak_memory_mb(lambda: run(xb), device)
     predictor = DefaultPredictor(cfg.clone())
     predictor.model = model  # the same weights and state as the rows above
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
-    rows["d2ext_e2e"] = median_ms(lambda: predictor(image), args.reps, device)
+    fns["d2ext_e2e"] = lambda: predictor(image)
+    if args.peers:
+        fns.update(peers(cfg, args, x, device))
+    rows = interleaved_medians(fns, args.reps, device)
+    if args.batch > 1:
+        extra["images_per_s"] = 1000 * args.batch / rows[f"d2ext_b{args.batch}"]
     modules, methods = model_parts(model)
     timer = PartTimer(model, modules, methods)
     with torch.inference_mode():
         predictor(image)
     timer.close()
     extra["parts_ms"] = timer.times
-    if args.peers:
-        peers(cfg, args, x, device, rows)
 
     print(f"config {args.config_file}, size {args.size}, reps {args.reps}, device {device}, "
           f"threads {torch.get_num_threads()}, torch {torch.__version__}")
