@@ -178,8 +178,9 @@ def add_d2ext_config(cfg):
     # Score = SAM's predicted IoU (x prototype similarity); lower scores are dropped.
     cfg.MODEL.SAM_PROMPT.SCORE_THRESHOLD = 0.0
     cfg.MODEL.SAM_PROMPT.MAX_INSTANCES = 100
-    # Prompts per call of SAM's prompt encoder and mask decoder (memory vs. speed).
-    cfg.MODEL.SAM_PROMPT.PROMPTS_PER_BATCH = 64
+    # Prompts per call of SAM's prompt encoder and mask decoder; 0 = by device (CUDA 64,
+    # otherwise 4: on a CPU, small batches keep the per-prompt image tokens in reused memory).
+    cfg.MODEL.SAM_PROMPT.PROMPTS_PER_BATCH = 0
 
     # "auto": CUDA if available, else Apple MPS, else CPU (d2ext.engine.resolve_device).
     cfg.MODEL.DEVICE = "auto"

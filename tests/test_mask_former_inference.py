@@ -215,7 +215,7 @@ def test_panoptic_output_evaluates_with_coco_panoptic_evaluator(val_records, tmp
 def test_mask_boxes_equal_detectron2_bitmasks():
     from detectron2.structures import BitMasks
 
-    from d2ext.modeling.meta_arch.mask_former_inference import mask_boxes
+    from d2ext.modeling.mask_ops import mask_boxes
 
     masks = torch.rand(6, 23, 31) > 0.97
     masks[0] = False  # empty

@@ -114,10 +114,19 @@ def test_batched_decoding_equals_one_prompt_at_a_time(modules):
         # SAM's own MaskDecoder, one prompt per call: the reference for d2ext's rearrangement
         reference = decode_prompts(sam, embedding, points, labels, box, batch_size=1,
                                    shared_image=False)
-        for result in (batched, single):
+        uneven = decode_prompts(sam, embedding, points, labels, box, batch_size=3)
+        for result in (batched, single, uneven):
             assert torch.allclose(result[0], reference[0], atol=1e-4)
             assert torch.allclose(result[1], reference[1], atol=1e-5)
             assert torch.equal(result[0] > 0, reference[0] > 0)
+        # Only the grid cells over a (h, w) image inside SAM's square: the same logits there.
+        g = embedding.shape[-1]
+        h, w = SIZE // 2 + 1, SIZE  # rows: one more pixel than half the square
+        cropped = decode_prompts(sam, embedding, points, labels, box, image_size=(h, w))
+        rows = 4 * (g // 2 + 1)
+        assert cropped[0].shape == (7, rows, 4 * g)
+        assert torch.allclose(cropped[0], reference[0][:, :rows], atol=1e-4)
+        assert torch.allclose(cropped[1], reference[1], atol=1e-5)
 
 
 def test_no_surviving_prompt_gives_empty_instances(modules, references):

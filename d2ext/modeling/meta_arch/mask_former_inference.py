@@ -13,6 +13,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from torch.nn import functional as F
 
+from ..mask_ops import mask_boxes
+
 
 def resize_mask_logits(mask_logits, padded_size, image_size, output_size):
     """Mask logits on the padded input's grid -> logits over the image at ``output_size``.
@@ -55,25 +57,6 @@ def select_instances(mask_cls, topk, thing_ids=None):
         keep = torch.isin(classes, torch.as_tensor(sorted(thing_ids), device=classes.device))
         scores, classes, queries = scores[keep], classes[keep], queries[keep]
     return scores, classes, queries
-
-
-def mask_boxes(masks):
-    """Tight (x0, y0, x1, y1) boxes of bool masks (N, H, W), all zeros for empty masks, as
-    detectron2's ``BitMasks.get_bounding_boxes`` gives them (without its per-mask loop)."""
-    boxes = torch.zeros(len(masks), 4, dtype=torch.float32, device=masks.device)
-    if masks.numel() == 0:
-        return boxes
-    h, w = masks.shape[-2:]
-    for axis, size, (lo, hi) in ((1, w, (0, 2)), (2, h, (1, 3))):
-        # (N, size): does a column (row) hold a pixel? amax of the bytes, ~30x faster than
-        # any() on bool tensors on CPU.
-        hit = masks.view(torch.uint8).amax(axis)
-        nonempty = hit.bool().any(1)
-        first = hit.argmax(1)
-        last = size - hit.flip(1).argmax(1)
-        boxes[nonempty, lo] = first[nonempty].float()
-        boxes[nonempty, hi] = last[nonempty].float()
-    return boxes
 
 
 def instance_inference(scores, classes, queries, mask_logits, image_size, resize,

@@ -24,12 +24,27 @@ def _heads(attn):
     return attn.num_heads, attn.internal_dim // attn.num_heads
 
 
-def _token_to_image(attn, q_tokens, image_pe_sum, image):
+def _shared(cache, key, compute):
+    """``compute()``, kept in ``cache`` (a dict for one image, or None) under ``key``."""
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def _token_to_image(attn, q_tokens, image_pe_sum, image, cache=None):
     """``attn(q=q_tokens, k=image_pe_sum, v=image)``: (B, T, C) tokens attend to (B|1, N, C)."""
-    if image.shape[0] == 1:  # shared image: SAM's own module broadcasts over the prompts
-        return attn(q=q_tokens, k=image_pe_sum, v=image)
     b, t, c = q_tokens.shape
     h, d = _heads(attn)
+    if image.shape[0] == 1:  # shared image: its keys and values once per image, heads batched
+        k, v = _shared(cache, (id(attn), "kv"), lambda: (
+            attn.k_proj(image_pe_sum)[0].view(-1, h, d).permute(1, 2, 0).contiguous(),
+            attn.v_proj(image)[0].view(-1, h, d).transpose(0, 1).contiguous()))  # (H, d|N, N|d)
+        q = attn.q_proj(q_tokens).view(b * t, h, d).transpose(0, 1)  # (H, B*T, d)
+        weights = torch.softmax((q @ k) / math.sqrt(d), dim=-1)  # (H, B*T, N)
+        out = (weights @ v).view(h, b, t, d).permute(1, 2, 0, 3)  # (B, T, H, d)
+        return attn.out_proj(out.reshape(b, t, h * d))
     q = attn.q_proj(q_tokens).view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
     wk = attn.k_proj.weight.view(h, d, c)
     folded = torch.einsum("bhtd,hdc->bhtc", q, wk).reshape(b, h * t, c)
@@ -42,37 +57,55 @@ def _token_to_image(attn, q_tokens, image_pe_sum, image):
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
 
 
-def _image_to_token(attn, image_pe_sum, k_tokens, v_tokens):
-    """``attn(q=image_pe_sum, k=k_tokens, v=v_tokens)``: (B|1, N, C) image tokens attend to the
-    (B, T, C) prompt tokens; returns (B, N, C)."""
+def _image_to_token(attn, image_pe_sum, k_tokens, v_tokens, residual, cache=None):
+    """``residual + attn(q=image_pe_sum, k=k_tokens, v=v_tokens)``: (B|1, N, C) image tokens
+    attend to the (B, T, C) prompt tokens; returns (B, N, C).
+
+    The scores are laid out (B, H, T, N) so the softmax runs over T along a strided axis (a
+    softmax over a last axis of T ~ 7 is ~10x slower on CPU), and the residual and the output
+    bias are added by the final matrix product itself (each head's weights sum to 1, so the
+    bias, split over the heads, can ride on the values)."""
     b, t, c = k_tokens.shape
     h, d = _heads(attn)
-    k = attn.k_proj(k_tokens).view(b, t, h, d)
+    k = attn.k_proj(k_tokens).view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
     v = attn.v_proj(v_tokens).view(b, t, h, d)
-    if image_pe_sum.shape[0] == 1:
-        q = attn.q_proj(image_pe_sum).view(1, -1, h, d).transpose(1, 2)  # (1, H, N, d), shared
-        scores = (q @ k.permute(0, 2, 3, 1)).permute(0, 2, 1, 3)  # (B, N, H, T)
+    if image_pe_sum.shape[0] == 1:  # shared image: its queries once per image, heads batched
+        q = _shared(cache, (id(attn), "q"), lambda: attn.q_proj(image_pe_sum)[0].view(
+            -1, h, d).permute(1, 2, 0).contiguous())  # (H, d, N)
+        scores = (k.transpose(0, 1).reshape(h, b * t, d) @ q).view(h, b, t, -1).transpose(0, 1)
     else:
-        folded = torch.einsum("hdc,bthd->bcht", attn.q_proj.weight.view(h, d, c), k)
-        scores = (image_pe_sum @ folded.reshape(b, c, h * t)).view(b, -1, h, t)
-        scores = scores + torch.einsum("hd,bthd->bht", attn.q_proj.bias.view(h, d), k)[:, None]
-    weights = torch.softmax(scores / math.sqrt(d), dim=-1)
+        folded = torch.einsum("bhtd,hdc->bhtc", k, attn.q_proj.weight.view(h, d, c))
+        scores = (folded.reshape(b, h * t, c) @ image_pe_sum.transpose(1, 2)).view(b, h, t, -1)
+        scores = scores + torch.einsum("bhtd,hd->bht", k, attn.q_proj.bias.view(h, d))[..., None]
+    weights = torch.softmax(scores / math.sqrt(d), dim=2).reshape(b, h * t, -1)
     values = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.view(c, h, d))
-    return weights.reshape(b, -1, h * t) @ values.reshape(b, h * t, c) + attn.out_proj.bias
+    values = values.reshape(b, h * t, c) + attn.out_proj.bias / h
+    return torch.baddbmm(residual.expand(b, -1, -1), weights.transpose(1, 2), values)
 
 
-def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense):
-    """``decoder.predict_masks`` for B prompts on one image: ``image_embedding``, ``image_pe``
-    and ``dense`` (1, C, g, g), ``sparse`` (B, S, C). Returns masks (B, M, 4g, 4g) and IoU
-    predictions (B, M) for all M = num_multimask_outputs + 1 mask tokens."""
+def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense,
+                               candidates=slice(None), grid_size=None, cache=None):
+    """``decoder.predict_masks`` for B prompts on one image, keeping each prompt's best mask:
+    ``image_embedding``, ``image_pe`` and ``dense`` (1, C, g, g), ``sparse`` (B, S, C).
+
+    Of the mask tokens in ``candidates`` (SAM: ``slice(1, None)`` for its 3 multimask outputs,
+    ``slice(0, 1)`` for the single one) the one with the highest predicted IoU is chosen before
+    any mask is drawn, so only that mask is computed. ``grid_size`` (gh, gw) <= (g, g) upscales
+    only the top-left gh x gw cells of the image grid (the image inside SAM's padded square:
+    upscaling and the mask products are per cell, so the masks there are unchanged). Returns
+    mask logits (B, 4gh, 4gw) and predicted IoUs (B,).
+
+    ``cache``: a dict kept by the caller across the prompt batches of one image; the image's
+    side of the first block (the same for every prompt) is then computed once per image."""
     b = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
     g = image_embedding.shape[-1]
-    keys = (image_embedding + dense).flatten(2).transpose(1, 2)  # (1, N, C), becomes (B, N, C)
-    pe = image_pe.flatten(2).transpose(1, 2)
+    keys, pe = _shared(cache, "keys, pe", lambda: (  # (1, N, C); keys become (B, N, C)
+        (image_embedding + dense).flatten(2).transpose(1, 2), image_pe.flatten(2).transpose(1, 2)))
     transformer = decoder.transformer
     queries = tokens
+    image_cache = cache  # while the image tokens are the image's own, the same for all prompts
     for layer in transformer.layers:  # TwoWayAttentionBlock.forward, rearranged
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
@@ -80,22 +113,31 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
             q = queries + tokens
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        keys_pe = keys + pe
-        queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image,
-                                                        queries + tokens, keys_pe, keys))
+        keys_pe = _shared(image_cache, (id(layer), "keys + pe"), lambda: keys + pe)
+        queries = layer.norm2(queries + _token_to_image(
+            layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys, image_cache))
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(keys + _image_to_token(layer.cross_attn_image_to_token, keys_pe,
-                                                  queries + tokens, queries))
+        keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys_pe,
+                                           queries + tokens, queries, keys, image_cache))
+        image_cache = None  # the image tokens now depend on the prompt
     queries = transformer.norm_final_attn(queries + _token_to_image(
-        transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys))
+        transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys, image_cache))
     if keys.shape[0] == 1:  # a transformer without blocks leaves the image shared
         keys = keys.expand(b, -1, -1)
-    # (B, N, C) is already the channels-last layout of (B, C, g, g): no transpose copy.
-    upscaled = _upscale(decoder.output_upscaling, keys.reshape(b, g, g, -1).permute(0, 3, 1, 2))
+    iou = decoder.iou_prediction_head(queries[:, 0])[:, candidates]
+    iou, best = iou.max(1)
+    best = best + range(decoder.num_mask_tokens)[candidates].start  # mask-token index
+    # Each prompt's chosen hypernetwork output (B, c): all MLPs on their tokens (a few rows),
+    # then one row per prompt.
     hyper_in = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in
-                            enumerate(decoder.output_hypernetworks_mlps)], dim=1)  # (B, M, c)
-    masks = torch.einsum("bmc,bchw->bmhw", hyper_in, upscaled)
-    return masks, decoder.iou_prediction_head(queries[:, 0])
+                            enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    hyper_in = hyper_in[torch.arange(b, device=best.device), best]
+    gh, gw = grid_size or (g, g)
+    # (B, N, C) is already the channels-last layout of (B, C, g, g): no transpose copy.
+    grid = keys.reshape(b, g, g, -1)[:, :gh, :gw].permute(0, 3, 1, 2)
+    upscaled = _upscale(decoder.output_upscaling, grid)
+    masks = torch.einsum("bc,bchw->bhw", hyper_in, upscaled)
+    return masks, iou
 
 
 def _upscale(upscaling, x):
