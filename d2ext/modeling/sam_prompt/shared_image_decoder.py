@@ -6,13 +6,14 @@ prompt. SAM repeats the (N = 64x64, 256) image tokens once per prompt and then p
 transposes those copies; on a CPU that memory traffic costs more than SAM's image encoder's share
 of the budget. Here:
 - the first block's image side is identical for every prompt, so its projections are computed
-  once and broadcast;
+  once per image (kept across the prompt batches) and broadcast;
 - projections of per-prompt image tokens are folded into the few prompt tokens instead
   (``(q Wk) . x`` rather than ``q . (Wk x)``; ``(A x) Wv`` rather than ``A (x Wv)``), since a
   prompt has ~7 tokens against 4096 image tokens;
 - the upscaling convolutions read the image tokens in channels-last layout (no transpose copy),
   and SAM's LayerNorm2d (six passes over the upscaled maps) becomes one fused layer norm over
-  that layout's last axis.
+  that layout's last axis;
+- only each prompt's chosen mask is drawn, over the grid cells that cover the image.
 """
 import math
 
