@@ -99,3 +99,45 @@ def test_layer_decay_and_backbone_multiplier(tiny_cfg):
     assert factor(prefix + "model.layer.3.norm1.weight") == pytest.approx(0.5 * 0.8)
     assert factor(prefix + "norm.weight") == pytest.approx(0.5)
     assert factor("roi_heads.box_predictor.cls_score.weight") == 1.0
+
+
+@pytest.mark.parametrize("gated,biases", [(False, False), (True, True)])
+def test_lean_dinov3_inference_equals_transformers_layers(gated, biases):
+    """d2ext's inference forward of DINOv3 layers (fused q/k/v, in-place RoPE, fused
+    LayerScale) gives transformers' result: per layer with and without an attention mask, and
+    for the backbone's maps (which stop after the last block they need)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from d2ext.modeling.backbone.dinov3_inference import dinov3_layer_inference, run_block
+
+    torch.manual_seed(0)
+    vit = DINOv3ViTModel(DINOv3ViTConfig(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
+        patch_size=16, num_register_tokens=4, use_gated_mlp=gated, key_bias=biases,
+        layerscale_value=0.5)).eval()
+    with torch.no_grad():
+        for p in vit.parameters():  # no zero biases or unit scales hiding a mistake
+            p.add_(0.1 * torch.randn_like(p))
+        pixels = torch.randn(2, 3, 48, 80)
+        tokens = vit.embeddings(pixels)
+        rope = vit.rope_embeddings(pixels)
+        layer = vit.model.layer[1]
+        mask = torch.rand(2, 1, tokens.shape[1], tokens.shape[1]) > 0.3
+        mask[..., 0] = True  # every query attends to something
+        for attention_mask in (None, mask):
+            expected = layer(tokens, attention_mask=attention_mask, position_embeddings=rope)
+            got = dinov3_layer_inference(layer, tokens, rope, attention_mask)
+            assert torch.allclose(got, expected, atol=1e-5)
+    with torch.enable_grad():  # autograd on: the layer's own forward, gradients flow
+        tokens.requires_grad_(True)
+        run_block(layer, tokens, rope).sum().backward()
+        assert tokens.grad is not None
+
+    backbone = DinoViTBackbone("dinov3_tiny16", out_blocks=(0, 2)).eval()
+    x = torch.randn(1, 3, 48, 64)  # a multiple of 16: the backbone pads nothing
+    with torch.no_grad():
+        lean = backbone(x)["vit"]
+        hidden = backbone.vit(pixel_values=x, output_hidden_states=True).hidden_states
+    skip = backbone.arch.num_prefix_tokens
+    expected = torch.cat([backbone.final_norm(hidden[b + 1])[:, skip:] for b in (0, 2)], dim=-1)
+    assert torch.allclose(lean.flatten(2).transpose(1, 2), expected, atol=1e-5)
