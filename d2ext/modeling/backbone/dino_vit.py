@@ -9,7 +9,6 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from .dino_weights import load_dino_weights
-from .dinov3_inference import run_block
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +154,7 @@ class DinoViTBackbone(Backbone):
             # the 16x16 input cell (i, j): boxes and masks stay aligned at stride 16.
             x = F.interpolate(x, size=(grid_h * self.arch.patch, grid_w * self.arch.patch),
                               mode="bilinear", align_corners=False, antialias=False)
-        if self.arch.family == "dinov3":
-            hidden = self._dinov3_hidden_states(x)
-        else:
-            hidden = self.vit(pixel_values=x, output_hidden_states=True).hidden_states
+        hidden = self.vit(pixel_values=x, output_hidden_states=True).hidden_states
         skip = self.arch.num_prefix_tokens
         final_norm = self.final_norm
         maps = []
@@ -166,20 +162,6 @@ class DinoViTBackbone(Backbone):
             tokens = final_norm(hidden[b + 1])[:, skip:]
             maps.append(tokens.transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w))
         return {"vit": maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)}
-
-    def _dinov3_hidden_states(self, x):
-        """transformers' ``hidden_states`` (the embeddings, then every block's output) up to the
-        last block in ``out_blocks``: later blocks are not run. Blocks run through
-        ``run_block``: without autograd, its lean forward (same result, fewer passes)."""
-        vit = self.vit
-        x = x.to(vit.embeddings.patch_embeddings.weight.dtype)
-        tokens = vit.embeddings(x)
-        rope = vit.rope_embeddings(x)
-        hidden = [tokens]
-        for block in self.blocks[: max(self.out_blocks) + 1]:
-            tokens = run_block(block, tokens, rope)
-            hidden.append(tokens)
-        return hidden
 
     def output_shape(self):
         return {"vit": ShapeSpec(channels=self._out_feature_channels["vit"], stride=DINO_STRIDE)}

@@ -21,7 +21,6 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..backbone.dino_vit import DinoViTBackbone
-from ..backbone.dinov3_inference import run_block
 from ..criterion import SetCriterion
 from ..matcher import HungarianMatcher
 from .dino_mask2former import DinoMask2Former
@@ -276,7 +275,8 @@ class EoMT(nn.Module):
         predictions made before each block with queries."""
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
         x = self.vit.embeddings(images)
-        rope = self.vit.rope_embeddings(images) if self.is_dinov3 else None
+        extra = {"position_embeddings": self.vit.rope_embeddings(images)} if self.is_dinov3 \
+            else {}
         first_query_block = len(self.blocks) - self.num_blocks
         probs = self.attn_mask_probs.tolist()
         aux = []
@@ -291,7 +291,7 @@ class EoMT(nn.Module):
                 prob = probs[i - first_query_block]
                 if prob > 0:
                     mask = self._attention_mask(mask_logits, grid, prob)
-            x = run_block(block, x, rope, mask)
+            x = block(x, attention_mask=mask, **extra)
         mask_logits, class_logits = self._predict_heads(self.final_norm(x), grid)
         out = {"pred_logits": class_logits, "pred_masks": mask_logits}
         if self.training:

@@ -134,36 +134,27 @@ def grid_prompts(image_size, points_per_side, device="cpu"):
 
 @contextmanager
 def capture_last_attention_input(backbone):
-    """While active, keeps the input of the last ViT block's attention (the output of that
-    block's first LayerNorm) and the RoPE embeddings (DINOv3) in the yielded dict, so
-    :func:`cls_attention_saliency` can recompute its attention cheaply (flash/SDPA attention
-    returns no weights). Hooks sit on modules both transformers' forward and d2ext's lean
-    inference forward call."""
-    captured = {"rope": None}
+    """While active, keeps the input (hidden states, RoPE) of the last ViT block's attention in
+    the yielded dict, so :func:`cls_attention_saliency` can recompute its attention cheaply
+    (flash/SDPA attention returns no weights)."""
+    captured = {}
+    attention = backbone.blocks[-1].attention
 
-    def keep(key):
-        def hook(module, args, output):
-            captured[key] = output
-        return hook
+    def hook(module, args, kwargs):
+        captured["hidden"] = args[0] if args else kwargs["hidden_states"]
+        captured["rope"] = kwargs.get("position_embeddings")
 
-    handles = [backbone.blocks[-1].norm1.register_forward_hook(keep("hidden"))]
-    rope = getattr(backbone.vit, "rope_embeddings", None)
-    if rope is not None:
-        handles.append(rope.register_forward_hook(keep("rope")))
+    handle = attention.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield captured
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
 
 
 def cls_attention_saliency(backbone, captured, grid_size):
     """The class token's attention over the patches in the last block, averaged over heads:
     (h, w) for image 0 of the captured batch. DINO's class-token attention concentrates on
     objects, which makes it a prompt saliency without any training."""
-    if "hidden" not in captured:
-        raise ValueError("MODEL.SAM_PROMPT.METHOD 'attention' reads the last ViT block: "
-                         "MODEL.DINO.OUT_BLOCKS must include it (-1).")
     attention = backbone.blocks[-1].attention
     hidden = captured["hidden"][:1]
     heads = backbone.arch.heads
