@@ -21,16 +21,15 @@ def mask_boxes(masks):
     return boxes
 
 
-def threshold_resized(logits, resize, threshold=0.0, chunk_size=8):
-    """``resize(logits) > threshold`` as a bool (P, H, W) tensor, resizing ``chunk_size`` maps
+def threshold_resized(items, resize, size, threshold=0.0, chunk_size=8):
+    """``resize(items) > threshold`` as a bool (P, *size) tensor, resizing ``chunk_size`` items
     at a time: the float maps of all P never exist at once (on CPU, mapping fresh memory for
     them costs about as much as resizing), and each chunk is thresholded into the output.
 
-    ``logits`` (P, h, w); ``resize`` maps a (p, h, w) chunk to (p, H, W) float logits."""
-    first = resize(logits[:chunk_size])
-    out = torch.empty((len(logits), *first.shape[1:]), dtype=torch.bool, device=logits.device)
-    torch.gt(first, threshold, out=out[:chunk_size])
-    for start in range(chunk_size, len(logits), chunk_size):
-        torch.gt(resize(logits[start: start + chunk_size]), threshold,
-                 out=out[start: start + chunk_size])
+    ``items`` (P, ...): low-resolution logits, or indices of them; ``resize`` maps a chunk
+    ``items[a:b]`` to (b - a, *size) float logits."""
+    out = torch.empty((len(items), *size), dtype=torch.bool, device=items.device)
+    for start in range(0, len(items), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        torch.gt(resize(items[chunk]), threshold, out=out[chunk])
     return out

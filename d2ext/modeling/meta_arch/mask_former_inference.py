@@ -13,7 +13,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from torch.nn import functional as F
 
-from ..mask_ops import mask_boxes
+from ..mask_ops import mask_boxes, threshold_resized
 
 
 def resize_mask_logits(mask_logits, padded_size, image_size, output_size):
@@ -59,8 +59,7 @@ def select_instances(mask_cls, topk, thing_ids=None):
     return scores, classes, queries
 
 
-def instance_inference(scores, classes, queries, mask_logits, image_size, resize,
-                       chunk_size=8):
+def instance_inference(scores, classes, queries, mask_logits, image_size, resize):
     """``Instances`` of k selections: scores (k,), classes (k,), queries (k,) indexing the
     low-resolution mask logits (Q, h, w) of the image's own area.
 
@@ -69,29 +68,17 @@ def instance_inference(scores, classes, queries, mask_logits, image_size, resize
     scores = class probability x mean mask probability inside the mask (Mask2Former's mask
     score), on the low-resolution logits (16x fewer pixels at 1/4 resolution).
 
-    The full-resolution work is done once per distinct query and a few queries at a time: the
-    float maps of all queries never exist at once, and each bool mask is written straight into
-    the output (on CPU, mapping fresh memory for Q float maps cost as much as resizing them).
+    The full-resolution work is done once per distinct query and a few queries at a time
+    (``threshold_resized``): the float maps of all queries never exist at once.
     """
     unique, inverse = queries.unique(return_inverse=True)
     low_res = mask_logits[unique].flatten(1)
     inside = low_res > 0
     mask_scores = (low_res.sigmoid() * inside).sum(1) / (inside.sum(1) + 1e-6)
-    # Selections in query order: a chunk of distinct queries fills one block of output rows.
-    order = inverse.argsort(stable=True)
-    scores, classes, inverse = scores[order], classes[order], inverse[order]
-    masks = torch.empty((len(queries), *image_size), dtype=torch.bool,
-                        device=mask_logits.device)
-    bounds = torch.searchsorted(inverse, torch.arange(0, len(unique) + chunk_size, chunk_size,
-                                                      device=inverse.device)).tolist()
-    for i, start in enumerate(range(0, len(unique), chunk_size)):
-        logits = resize(unique[start: start + chunk_size])
-        block = masks[bounds[i]: bounds[i + 1]]
-        if len(block) == len(logits):  # each query selected once: threshold into the output
-            torch.gt(logits, 0, out=block)
-        else:
-            block.copy_((logits > 0)[inverse[bounds[i]: bounds[i + 1]] - start])
+    masks = threshold_resized(unique, resize, image_size)
     boxes = mask_boxes(masks)
+    if len(unique) < len(queries):  # a query selected for several classes: one mask each
+        masks, boxes = masks[inverse], boxes[inverse]
     result = Instances(tuple(image_size))
     result.pred_masks = masks
     result.pred_boxes = Boxes(boxes)

@@ -184,7 +184,7 @@ class DinoSamPrompt(nn.Module):
             return _empty_instances(out_size, self.device)
         full = threshold_resized(logits[keep], lambda x: F.interpolate(
             x[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0],
-            self.sam.mask_threshold)
+            out_size, self.sam.mask_threshold)
         instances = Instances(out_size)
         instances.pred_masks = full
         instances.pred_boxes = Boxes(mask_boxes(full))
