@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 try:
     import detectron2  # noqa: F401
@@ -16,6 +17,13 @@ from d2ext.engine import setup_cfg  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state: a test's pass or fail must not depend on
+    which tests ran before it or on luck."""
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

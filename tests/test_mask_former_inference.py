@@ -70,16 +70,34 @@ def _evaluate(evaluator, records, postprocess):
     return evaluator.evaluate()
 
 
-def test_resize_matches_mask2former_upsample_crop_resize():
-    logits = torch.randn(5, 12, 16)
+def _bilinear_weights(out_len, image_len, padded_len, in_len):
+    """(out_len, in_len) weights sampling ``in_len`` cells spread over ``padded_len`` pixels at
+    the centres of ``out_len`` pixels spread over the first ``image_len`` pixels (edge clamped)."""
+    src = (torch.arange(out_len, dtype=torch.float64) + 0.5) * image_len / out_len \
+        * in_len / padded_len - 0.5
+    src = src.clamp(0, in_len - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=in_len - 1)
+    w = torch.zeros(out_len, in_len, dtype=torch.float64)
+    w[torch.arange(out_len), lo] += 1 - (src - lo)
+    w[torch.arange(out_len), hi] += src - lo
+    return w
+
+
+def test_resize_samples_logits_once_at_output_pixel_centres():
+    logits = torch.randn(5, 12, 16, generator=torch.Generator().manual_seed(0))
     ours = resize_mask_logits(logits, (48, 64), (44, 60), (88, 120))
-    # Mask2Former: to the padded input size, crop the image, resize to the output size.
+    rows = _bilinear_weights(88, 44, 48, 12)
+    cols = _bilinear_weights(120, 60, 64, 16)
+    exact = torch.einsum("yh,qhw,xw->qyx", rows, logits.double(), cols).float()
+    assert ours.shape == (5, 88, 120)
+    torch.testing.assert_close(ours, exact, atol=1e-5, rtol=1e-5)
+    # Mask2Former's two passes (to the padded size, crop, resize) land close: they differ by
+    # the blur of the second interpolation (~5% of the mean magnitude on white noise).
     up = F.interpolate(logits[None], size=(48, 64), mode="bilinear", align_corners=False)
     ref = F.interpolate(up[..., :44, :60], size=(88, 120), mode="bilinear",
                         align_corners=False)[0]
-    assert ours.shape == (5, 88, 120)
-    # Same up to the blur of the second interpolation.
-    assert (ours - ref).abs().mean() < 0.05 * ref.abs().mean()
+    assert (ours - ref).abs().mean() < 0.08 * ref.abs().mean()
 
 
 def test_instance_output_gets_full_ap_from_coco_evaluator(val_records, tmp_path):
