@@ -9,16 +9,21 @@ of the budget. Here:
   once per image (kept across the prompt batches) and broadcast;
 - projections of per-prompt image tokens are folded into the few prompt tokens instead
   (``(q Wk) . x`` rather than ``q . (Wk x)``; ``(A x) Wv`` rather than ``A (x Wv)``), since a
-  prompt has ~7 tokens against 4096 image tokens;
+  prompt has ~7 tokens against 4096 image tokens; the positional encoding's share of those
+  scores comes from its own projection, made once per image, so ``image + pe`` is never
+  formed per prompt;
+- the final attention treats each token on its own, so it runs only for the tokens read after
+  it (the IoU token and the candidate mask tokens: 4 of ~7 for a point prompt);
 - the upscaling convolutions read the image tokens in channels-last layout (no transpose copy),
   and SAM's LayerNorm2d (six passes over the upscaled maps) becomes one fused layer norm over
-  that layout's last axis;
+  that layout's last axis; the activations run in place;
 - only each prompt's chosen mask is drawn, over the grid cells that cover the image.
 """
 import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def _heads(attn):
@@ -34,23 +39,26 @@ def _shared(cache, key, compute):
     return cache[key]
 
 
-def _token_to_image(attn, q_tokens, image_pe_sum, image, cache=None):
-    """``attn(q=q_tokens, k=image_pe_sum, v=image)``: (B, T, C) tokens attend to (B|1, N, C)."""
+def _token_to_image(attn, q_tokens, image, pe, cache, shared):
+    """``attn(q=q_tokens, k=image + pe, v=image)``: (B, T, C) tokens attend to the image tokens
+    ``image`` (B|1, N, C) with positional encoding ``pe`` (1, N, C).
+
+    ``shared``: ``image`` is the image's own (1, N, C), the same for every prompt: its keys and
+    values are projected once per image (kept in ``cache``). Otherwise the key projection is
+    folded into the few prompt tokens, and the positional encoding's share of the scores comes
+    from its projection, kept per image."""
     b, t, c = q_tokens.shape
     h, d = _heads(attn)
-    if image.shape[0] == 1:  # shared image: its keys and values once per image, heads batched
+    if shared:  # keys and values once per image, heads batched
         k, v = _shared(cache, (id(attn), "kv"), lambda: (
-            attn.k_proj(image_pe_sum)[0].view(-1, h, d).permute(1, 2, 0).contiguous(),
+            attn.k_proj(image + pe)[0].view(-1, h, d).permute(1, 2, 0).contiguous(),
             attn.v_proj(image)[0].view(-1, h, d).transpose(0, 1).contiguous()))  # (H, d|N, N|d)
         q = attn.q_proj(q_tokens).view(b * t, h, d).transpose(0, 1)  # (H, B*T, d)
         weights = torch.softmax((q @ k) / math.sqrt(d), dim=-1)  # (H, B*T, N)
         out = (weights @ v).view(h, b, t, d).permute(1, 2, 0, 3)  # (B, T, H, d)
         return attn.out_proj(out.reshape(b, t, h * d))
     q = attn.q_proj(q_tokens).view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
-    wk = attn.k_proj.weight.view(h, d, c)
-    folded = torch.einsum("bhtd,hdc->bhtc", q, wk).reshape(b, h * t, c)
-    scores = (folded @ image_pe_sum.transpose(1, 2)).view(b, h, t, -1)
-    scores = scores + torch.einsum("bhtd,hd->bht", q, attn.k_proj.bias.view(h, d))[..., None]
+    scores = _folded_scores(attn.k_proj, q, image, pe, cache, (id(attn), "pe k"))
     weights = torch.softmax(scores / math.sqrt(d), dim=-1)
     pooled = (weights.view(b, h * t, -1) @ image).view(b, h, t, c)  # softmax rows sum to 1:
     out = torch.einsum("bhtc,hdc->bhtd", pooled, attn.v_proj.weight.view(h, d, c))
@@ -58,9 +66,22 @@ def _token_to_image(attn, q_tokens, image_pe_sum, image, cache=None):
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
 
 
-def _image_to_token(attn, image_pe_sum, k_tokens, v_tokens, residual, cache=None):
-    """``residual + attn(q=image_pe_sum, k=k_tokens, v=v_tokens)``: (B|1, N, C) image tokens
-    attend to the (B, T, C) prompt tokens; returns (B, N, C).
+def _folded_scores(proj, x, image, pe, cache, key):
+    """Per-head scores (B, H, T, N) of the per-head rows ``x`` (B, H, T, d) against
+    ``proj(image + pe)``: ``(x Wh) . image`` for the per-prompt image plus ``x . proj(pe)``,
+    whose projection (bias included) is made once per image."""
+    b, h, t, d = x.shape
+    n, c = image.shape[-2:]
+    projected_pe = _shared(cache, key, lambda: proj(pe[0]).view(n, h, d).permute(1, 2, 0))
+    folded = torch.einsum("bhtd,hdc->bhtc", x, proj.weight.view(h, d, c)).reshape(b, h * t, c)
+    base = torch.einsum("bhtd,hdn->bhtn", x, projected_pe).reshape(b, h * t, n)
+    return torch.baddbmm(base, folded, image.transpose(1, 2)).view(b, h, t, n)
+
+
+def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
+    """``image + attn(q=image + pe, k=k_tokens, v=v_tokens)``: the image tokens (B|1, N, C)
+    attend to the (B, T, C) prompt tokens; returns (B, N, C). ``pe``, ``cache``, ``shared``
+    as for :func:`_token_to_image`.
 
     The scores are laid out (B, H, T, N) so the softmax runs over T along a strided axis (a
     softmax over a last axis of T ~ 7 is ~10x slower on CPU), and the residual and the output
@@ -70,18 +91,16 @@ def _image_to_token(attn, image_pe_sum, k_tokens, v_tokens, residual, cache=None
     h, d = _heads(attn)
     k = attn.k_proj(k_tokens).view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
     v = attn.v_proj(v_tokens).view(b, t, h, d)
-    if image_pe_sum.shape[0] == 1:  # shared image: its queries once per image, heads batched
-        q = _shared(cache, (id(attn), "q"), lambda: attn.q_proj(image_pe_sum)[0].view(
+    if shared:  # the image's queries once per image, heads batched
+        q = _shared(cache, (id(attn), "q"), lambda: attn.q_proj(image + pe)[0].view(
             -1, h, d).permute(1, 2, 0).contiguous())  # (H, d, N)
         scores = (k.transpose(0, 1).reshape(h, b * t, d) @ q).view(h, b, t, -1).transpose(0, 1)
     else:
-        folded = torch.einsum("bhtd,hdc->bhtc", k, attn.q_proj.weight.view(h, d, c))
-        scores = (folded.reshape(b, h * t, c) @ image_pe_sum.transpose(1, 2)).view(b, h, t, -1)
-        scores = scores + torch.einsum("bhtd,hd->bht", k, attn.q_proj.bias.view(h, d))[..., None]
+        scores = _folded_scores(attn.q_proj, k, image, pe, cache, (id(attn), "pe q"))
     weights = torch.softmax(scores / math.sqrt(d), dim=2).reshape(b, h * t, -1)
     values = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.view(c, h, d))
     values = values.reshape(b, h * t, c) + attn.out_proj.bias / h
-    return torch.baddbmm(residual.expand(b, -1, -1), weights.transpose(1, 2), values)
+    return torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), values)
 
 
 def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense,
@@ -106,7 +125,7 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
         (image_embedding + dense).flatten(2).transpose(1, 2), image_pe.flatten(2).transpose(1, 2)))
     transformer = decoder.transformer
     queries = tokens
-    image_cache = cache  # while the image tokens are the image's own, the same for all prompts
+    shared = True  # while the image tokens are the image's own, the same for all prompts
     for layer in transformer.layers:  # TwoWayAttentionBlock.forward, rearranged
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
@@ -114,25 +133,29 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
             q = queries + tokens
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        keys_pe = _shared(image_cache, (id(layer), "keys + pe"), lambda: keys + pe)
         queries = layer.norm2(queries + _token_to_image(
-            layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys, image_cache))
+            layer.cross_attn_token_to_image, queries + tokens, keys, pe, cache, shared))
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys_pe,
-                                           queries + tokens, queries, keys, image_cache))
-        image_cache = None  # the image tokens now depend on the prompt
-    queries = transformer.norm_final_attn(queries + _token_to_image(
-        transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys, image_cache))
+        keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys, pe,
+                                           queries + tokens, queries, cache, shared))
+        shared = False  # the image tokens now depend on the prompt
+    # The final attention treats each token on its own, and only the IoU token and the
+    # candidate mask tokens are read after it: it runs for those alone.
+    mask_tokens = range(decoder.num_mask_tokens)[candidates]
+    rows = [0] + [1 + i for i in mask_tokens]
+    q = queries[:, rows]
+    out = transformer.norm_final_attn(q + _token_to_image(
+        transformer.final_attn_token_to_image, q + tokens[:, rows], keys, pe, cache, shared))
+    iou, best = decoder.iou_prediction_head(out[:, 0])[:, candidates].max(1)
+    prompts = torch.arange(b, device=best.device)
+    mask_token = out[prompts, 1 + best]
+    best = best + mask_tokens.start  # mask-token index
+    # Each prompt's hypernetwork output (B, c): every MLP on the B rows (cheap), then each
+    # prompt's own.
+    hyper_in = torch.stack([mlp(mask_token) for mlp in decoder.output_hypernetworks_mlps], 1)
+    hyper_in = hyper_in[prompts, best]
     if keys.shape[0] == 1:  # a transformer without blocks leaves the image shared
         keys = keys.expand(b, -1, -1)
-    iou = decoder.iou_prediction_head(queries[:, 0])[:, candidates]
-    iou, best = iou.max(1)
-    best = best + range(decoder.num_mask_tokens)[candidates].start  # mask-token index
-    # Each prompt's chosen hypernetwork output (B, c): all MLPs on their tokens (a few rows),
-    # then one row per prompt.
-    hyper_in = torch.stack([mlp(queries[:, 1 + i]) for i, mlp in
-                            enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    hyper_in = hyper_in[torch.arange(b, device=best.device), best]
     gh, gw = grid_size or (g, g)
     # (B, N, C) is already the channels-last layout of (B, C, g, g): no transpose copy.
     grid = keys.reshape(b, g, g, -1)[:, :gh, :gw].permute(0, 3, 1, 2)
@@ -142,8 +165,18 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
 
 
 def _upscale(upscaling, x):
-    """SAM's ``output_upscaling`` (ConvT, LayerNorm2d, act, ConvT, act) on channels-last maps."""
+    """SAM's ``output_upscaling`` (ConvT, LayerNorm2d, act, ConvT, act) on channels-last maps,
+    the activations in place on the fresh outputs (the second map is B x 32 x 256 x 256)."""
     conv1, norm, act1, conv2, act2 = upscaling
     x = conv1(x).permute(0, 2, 3, 1)  # (B, H, W, C)
     x = F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
-    return act2(conv2(act1(x)))
+    return _activate_(act2, conv2(_activate_(act1, x)))
+
+
+def _activate_(act, x):
+    """``act(x)``, in place for SAM's activation modules (GELU, ReLU)."""
+    if isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    if isinstance(act, nn.ReLU):
+        return x.relu_()
+    return act(x)
