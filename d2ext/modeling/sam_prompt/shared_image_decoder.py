@@ -53,13 +53,13 @@ def _token_to_image(attn, q_tokens, image, pe, cache, shared):
         k, v = _shared(cache, (id(attn), "kv"), lambda: (
             attn.k_proj(image + pe)[0].view(-1, h, d).permute(1, 2, 0).contiguous(),
             attn.v_proj(image)[0].view(-1, h, d).transpose(0, 1).contiguous()))  # (H, d|N, N|d)
-        q = attn.q_proj(q_tokens).view(b * t, h, d).transpose(0, 1)  # (H, B*T, d)
-        weights = torch.softmax((q @ k) / math.sqrt(d), dim=-1)  # (H, B*T, N)
+        q = attn.q_proj(q_tokens).view(b * t, h, d).transpose(0, 1) / math.sqrt(d)  # (H, B*T, d)
+        weights = torch.softmax(q @ k, dim=-1)  # (H, B*T, N)
         out = (weights @ v).view(h, b, t, d).permute(1, 2, 0, 3)  # (B, T, H, d)
         return attn.out_proj(out.reshape(b, t, h * d))
     q = attn.q_proj(q_tokens).view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
-    scores = _folded_scores(attn.k_proj, q, image, pe, cache, (id(attn), "pe k"))
-    weights = torch.softmax(scores / math.sqrt(d), dim=-1)
+    scores = _folded_scores(attn.k_proj, q / math.sqrt(d), image, pe, cache, (id(attn), "pe k"))
+    weights = torch.softmax(scores, dim=-1)
     pooled = (weights.view(b, h * t, -1) @ image).view(b, h, t, c)  # softmax rows sum to 1:
     out = torch.einsum("bhtc,hdc->bhtd", pooled, attn.v_proj.weight.view(h, d, c))
     out = out + attn.v_proj.bias.view(1, h, 1, d)  # so the value bias passes through unchanged
@@ -89,7 +89,8 @@ def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
     bias, split over the heads, can ride on the values)."""
     b, t, c = k_tokens.shape
     h, d = _heads(attn)
-    k = attn.k_proj(k_tokens).view(b, t, h, d).transpose(1, 2)  # (B, H, T, d)
+    # (B, H, T, d), with the scores' scale (on the few token rows rather than on the scores)
+    k = attn.k_proj(k_tokens).view(b, t, h, d).transpose(1, 2) / math.sqrt(d)
     v = attn.v_proj(v_tokens).view(b, t, h, d)
     if shared:  # the image's queries once per image, heads batched
         q = _shared(cache, (id(attn), "q"), lambda: attn.q_proj(image + pe)[0].view(
@@ -97,7 +98,7 @@ def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
         scores = (k.transpose(0, 1).reshape(h, b * t, d) @ q).view(h, b, t, -1).transpose(0, 1)
     else:
         scores = _folded_scores(attn.q_proj, k, image, pe, cache, (id(attn), "pe q"))
-    weights = torch.softmax(scores / math.sqrt(d), dim=2).reshape(b, h * t, -1)
+    weights = torch.softmax(scores, dim=2).reshape(b, h * t, -1)
     values = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.view(c, h, d))
     values = values.reshape(b, h * t, c) + attn.out_proj.bias / h
     return torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), values)
