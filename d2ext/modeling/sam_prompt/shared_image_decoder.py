@@ -39,6 +39,11 @@ def _shared(cache, key, compute):
     return cache[key]
 
 
+def _plus_pe(image, pe, cache):
+    """The shared image's ``image + pe``, formed once per image for both attentions."""
+    return _shared(cache, "image + pe", lambda: image + pe)
+
+
 def _token_to_image(attn, q_tokens, image, pe, cache, shared):
     """``attn(q=q_tokens, k=image + pe, v=image)``: (B, T, C) tokens attend to the image tokens
     ``image`` (B|1, N, C) with positional encoding ``pe`` (1, N, C).
@@ -51,7 +56,7 @@ def _token_to_image(attn, q_tokens, image, pe, cache, shared):
     h, d = _heads(attn)
     if shared:  # keys and values once per image, heads batched
         k, v = _shared(cache, (id(attn), "kv"), lambda: (
-            attn.k_proj(image + pe)[0].view(-1, h, d).permute(1, 2, 0).contiguous(),
+            attn.k_proj(_plus_pe(image, pe, cache))[0].view(-1, h, d).permute(1, 2, 0).contiguous(),
             attn.v_proj(image)[0].view(-1, h, d).transpose(0, 1).contiguous()))  # (H, d|N, N|d)
         q = attn.q_proj(q_tokens).view(b * t, h, d).transpose(0, 1) / math.sqrt(d)  # (H, B*T, d)
         weights = torch.softmax(q @ k, dim=-1)  # (H, B*T, N)
@@ -93,8 +98,8 @@ def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
     k = attn.k_proj(k_tokens).view(b, t, h, d).transpose(1, 2) / math.sqrt(d)
     v = attn.v_proj(v_tokens).view(b, t, h, d)
     if shared:  # the image's queries once per image, heads batched
-        q = _shared(cache, (id(attn), "q"), lambda: attn.q_proj(image + pe)[0].view(
-            -1, h, d).permute(1, 2, 0).contiguous())  # (H, d, N)
+        q = _shared(cache, (id(attn), "q"), lambda: attn.q_proj(
+            _plus_pe(image, pe, cache))[0].view(-1, h, d).permute(1, 2, 0).contiguous())  # (H, d, N)
         scores = (k.transpose(0, 1).reshape(h, b * t, d) @ q).view(h, b, t, -1).transpose(0, 1)
     else:
         scores = _folded_scores(attn.q_proj, k, image, pe, cache, (id(attn), "pe q"))
