@@ -98,8 +98,8 @@ def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
     k = attn.k_proj(k_tokens).view(b, t, h, d).transpose(1, 2) / math.sqrt(d)
     v = attn.v_proj(v_tokens).view(b, t, h, d)
     if shared:  # the image's queries once per image, heads batched
-        q = _shared(cache, (id(attn), "q"), lambda: attn.q_proj(
-            _plus_pe(image, pe, cache))[0].view(-1, h, d).permute(1, 2, 0).contiguous())  # (H, d, N)
+        q = _shared(cache, (id(attn), "q"), lambda: attn.q_proj(  # (H, d, N)
+            _plus_pe(image, pe, cache))[0].view(-1, h, d).permute(1, 2, 0).contiguous())
         scores = (k.transpose(0, 1).reshape(h, b * t, d) @ q).view(h, b, t, -1).transpose(0, 1)
     else:
         scores = _folded_scores(attn.q_proj, k, image, pe, cache, (id(attn), "pe q"))
