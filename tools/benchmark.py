@@ -142,7 +142,8 @@ def model_parts(model):
             modules["backbone"] = backbone
     for name, attr in (("pixel decoder", "pixel_decoder"),
                        ("transformer decoder", "transformer_decoder"),
-                       ("upscaler (EoMT)", "upscale_block"), ("mask head (EoMT)", "mask_head")):
+                       ("upscaler + mask logits (EoMT)", "upscale_block"),
+                       ("mask head (EoMT)", "mask_head")):
         if hasattr(model, attr):
             modules[name] = getattr(model, attr)
     if hasattr(model, "postprocess"):
