@@ -16,7 +16,8 @@ of the budget. Here:
   it (the IoU token and the candidate mask tokens: 4 of ~7 for a point prompt);
 - the upscaling convolutions read the image tokens in channels-last layout (no transpose copy),
   and SAM's LayerNorm2d (six passes over the upscaled maps) becomes one fused layer norm over
-  that layout's last axis; the activations run in place;
+  that layout's last axis; the activations run in place; on a CPU it runs over bands of grid
+  rows, so the full-resolution maps are never allocated whole;
 - only each prompt's chosen mask is drawn, over the grid cells that cover the image.
 """
 import math
@@ -86,7 +87,8 @@ def _folded_scores(proj, x, image, pe, cache, key):
 def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
     """``image + attn(q=image + pe, k=k_tokens, v=v_tokens)``: the image tokens (B|1, N, C)
     attend to the (B, T, C) prompt tokens; returns (B, N, C). ``pe``, ``cache``, ``shared``
-    as for :func:`_token_to_image`.
+    as for :func:`_token_to_image`. Unless ``shared``, ``image`` is updated in place (the
+    caller's per-prompt tokens, replaced by the result).
 
     The scores are laid out (B, H, T, N) so the softmax runs over T along a strided axis (a
     softmax over a last axis of T ~ 7 is ~10x slower on CPU), and the residual and the output
@@ -106,7 +108,9 @@ def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
     weights = torch.softmax(scores, dim=2).reshape(b, h * t, -1)
     values = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.view(c, h, d))
     values = values.reshape(b, h * t, c) + attn.out_proj.bias / h
-    return torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), values)
+    if shared:
+        return torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), values)
+    return image.baddbmm_(weights.transpose(1, 2), values)  # this batch's own tokens: in place
 
 
 def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense,
@@ -165,14 +169,34 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
     gh, gw = grid_size or (g, g)
     # (B, N, C) is already the channels-last layout of (B, C, g, g): no transpose copy.
     grid = keys.reshape(b, g, g, -1)[:, :gh, :gw].permute(0, 3, 1, 2)
-    upscaled = _upscale(decoder.output_upscaling, grid)
-    masks = torch.einsum("bc,bchw->bhw", hyper_in, upscaled)
-    return masks, iou
+    return _mask_logits(decoder.output_upscaling, grid, hyper_in), iou
+
+
+_BAND_BYTES = 4 << 20
+
+
+def _mask_logits(upscaling, grid, hyper_in):
+    """``einsum("bc,bchw->bhw", hyper_in, upscaling(grid))``: each prompt's mask logits (B, 4gh,
+    4gw) from its image tokens (B, C, gh, gw) and hypernetwork output (B, c).
+
+    SAM's upscaling maps each grid cell to its own 4x4 output pixels (two 2x2, stride-2
+    transposed convolutions, per-pixel norms and activations), so on a CPU it runs over bands
+    of grid rows: the B x 32 x 4gh x 4gw map (up to 32 MB for 4 prompts) is never allocated whole
+    (a fresh, page-faulting allocation each batch) and each band stays in cache. Same numbers
+    as one pass."""
+    b, _, gh, gw = grid.shape
+    rows = gh
+    if grid.device.type == "cpu":  # ~4 MB bands of the upscaled map
+        bytes_per_row = b * upscaling[3].out_channels * 16 * gw * 4  # 4 rows of 4gw floats
+        rows = max(1, _BAND_BYTES // bytes_per_row)
+    bands = [torch.einsum("bc,bchw->bhw", hyper_in, _upscale(upscaling, grid[:, :, r:r + rows]))
+             for r in range(0, gh, rows)]
+    return bands[0] if len(bands) == 1 else torch.cat(bands, dim=1)
 
 
 def _upscale(upscaling, x):
     """SAM's ``output_upscaling`` (ConvT, LayerNorm2d, act, ConvT, act) on channels-last maps,
-    the activations in place on the fresh outputs (the second map is B x 32 x 256 x 256)."""
+    the activations in place on the fresh outputs."""
     conv1, norm, act1, conv2, act2 = upscaling
     x = conv1(x).permute(0, 2, 3, 1)  # (B, H, W, C)
     x = F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps).permute(0, 3, 1, 2)
