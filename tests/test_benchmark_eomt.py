@@ -21,3 +21,20 @@ def test_benchmark_smoke(tmp_path, capsys):
     assert set(result["ms"]) == rows and all(v > 0 for v in result["ms"].values())
     assert result["images_per_s"] > 0 and "post-processing" in result["parts_ms"]
     assert "x hf_eomt" in printed and "x floor" in printed and "images/s" in printed
+
+
+def test_benchmark_bf16_and_compiled_rows(tmp_path, capsys):
+    """--precision and --compile apply to the model rows and are reported (a CPU compiles the
+    tiny EoMT in about half a minute)."""
+    spec = importlib.util.spec_from_file_location(
+        "benchmark", os.path.join(REPO, "tools", "benchmark.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json = tmp_path / "bench.json"
+    bench.main(["--config-file", os.path.join(CONFIGS, "quickstart_eomt.yaml"), "--size", "48",
+                "--reps", "1", "--batch", "1", "--precision", "bf16", "--compile", "--json",
+                str(out_json), "MODEL.DEVICE", "cpu", "DATASETS.TEST", "()"])
+    result = json.loads(out_json.read_text())
+    assert result["precision"] == "bf16" and result["compiled"] is True
+    assert set(result["ms"]) == {"d2ext", "d2ext_e2e"} and all(v > 0 for v in result["ms"].values())
+    assert "precision bf16, compiled" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 """Inference speed and memory of a d2ext config, optionally next to its peers in the same run.
 
     python tools/benchmark.py --config-file configs/dinov3_eomt.yaml --peers [--size 640]
-        [--reps 7] [--batch 4] [--json out.json] [KEY VALUE ...]
+        [--reps 7] [--batch 4] [--precision bf16] [--compile] [--json out.json] [KEY VALUE ...]
 
 Random weights (MODEL.WEIGHTS and MODEL.DINO.WEIGHTS are ignored), eval mode, under
 ``torch.inference_mode``. Every row gets one warm-up pass, then --reps rounds in which each row
@@ -22,6 +22,11 @@ registers; the config's queries and classes) in transformers, as ../shared/bench
   hf_eomt      EomtDinov3ForUniversalSegmentation, masked attention off
   hf_m2f       Mask2FormerForUniversalSegmentation with a DINOv3 backbone (masks at 1/16)
   hf_eomt_e2e  EomtImageProcessor + EoMT + post_process_instance_segmentation (EoMT configs)
+--precision runs every row, d2ext's and the peers', under ``torch.autocast`` (bf16 / fp16);
+--compile wraps every model-only row in ``torch.compile`` and warms each up twice (the end-to-end
+rows stay eager). FPS at 640x640 for ViT-S/B/L next to transformers' EoMT on a GPU, e.g.:
+    python tools/benchmark.py --config-file configs/dinov3_eomt.yaml --peers --precision bf16 \
+        --compile --batch 1 MODEL.DINO.ARCH dinov3_vitl16 MODEL.DEVICE cuda
 Peak memory: CUDA max_memory_allocated; CPU the peak resident-set growth during one pass
 (sampled every 2 ms). The machine may be shared: compare ratios from one run only.
 """
@@ -72,7 +77,7 @@ def peak_memory_mb(fn, device):
     return (max(peak[0], _rss_bytes()) - base) / 2**20
 
 
-def interleaved_medians(fns, reps, device, seed=0):
+def interleaved_medians(fns, reps, device, seed=0, warmup=1):
     """name -> median ms over ``reps`` rounds; each round runs every fn once in random order."""
     import random
 
@@ -81,7 +86,8 @@ def interleaved_medians(fns, reps, device, seed=0):
     order = random.Random(seed)
     with torch.inference_mode():
         for fn in fns.values():
-            fn()  # warm-up
+            for _ in range(warmup):  # torch.compile traces and compiles in its first calls
+                fn()
         for _ in range(reps):
             names = list(fns)
             order.shuffle(names)
@@ -128,6 +134,21 @@ class PartTimer:
             h.remove()
         for obj, attr in self._restore:
             delattr(obj, attr)
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def with_precision(fn, device, precision):
+    """``fn`` run under ``torch.autocast`` with the precision's dtype (fp32: ``fn`` itself)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return fn
+
+    def run():
+        with torch.autocast(device_type=torch.device(device).type, dtype=dtype):
+            return fn()
+    return run
 
 
 def model_parts(model):
@@ -231,6 +252,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=4, help="batch for images/s (1: skip)")
     parser.add_argument("--masked-attn", action="store_true",
                         help="EoMT: keep masked attention on (start of training)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                        help="run every row under torch.autocast with this dtype (bf16 wants a "
+                        "GPU or a CPU with bf16 instructions)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model-only rows of d2ext and the peers alike "
+                        "(the end-to-end rows stay eager); compiling takes minutes on a CPU")
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
@@ -242,18 +269,24 @@ def main(argv=None):
     x = torch.rand(1, 3, args.size, args.size, device=device)
     run = model_only(model)
     fns, extra = {"d2ext": lambda: run(x)}, {}
-    extra["d2ext_peak_mem_mb"] = peak_memory_mb(lambda: run(x), device)
+    extra["d2ext_peak_mem_mb"] = peak_memory_mb(
+        with_precision(lambda: run(x), device, args.precision), device)
     if args.batch > 1:
         xb = torch.rand(args.batch, 3, args.size, args.size, device=device)
         fns[f"d2ext_b{args.batch}"] = lambda: run(xb)
-        extra[f"d2ext_b{args.batch}_peak_mem_mb"] = peak_memory_mb(lambda: run(xb), device)
+        extra[f"d2ext_b{args.batch}_peak_mem_mb"] = peak_memory_mb(
+            with_precision(lambda: run(xb), device, args.precision), device)
     predictor = DefaultPredictor(cfg.clone())
     predictor.model = model  # the same weights and state as the rows above
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
     fns["d2ext_e2e"] = lambda: predictor(image)
     if args.peers:
         fns.update(peers(cfg, args, x, device))
-    rows = interleaved_medians(fns, args.reps, device)
+    if args.compile:
+        compiled = {name: torch.compile(fn) for name, fn in fns.items() if not name.endswith("e2e")}
+        fns.update(compiled)
+    fns = {name: with_precision(fn, device, args.precision) for name, fn in fns.items()}
+    rows = interleaved_medians(fns, args.reps, device, warmup=2 if args.compile else 1)
     if args.batch > 1:
         extra["images_per_s"] = 1000 * args.batch / rows[f"d2ext_b{args.batch}"]
     modules, methods = model_parts(model)
@@ -264,7 +297,8 @@ def main(argv=None):
     extra["parts_ms"] = timer.times
 
     print(f"config {args.config_file}, size {args.size}, reps {args.reps}, device {device}, "
-          f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+          f"threads {torch.get_num_threads()}, torch {torch.__version__}, precision "
+          f"{args.precision}{', compiled' if args.compile else ''}")
     for name, ms in rows.items():
         ratios = []
         if "floor" in rows and not name.endswith("e2e"):
@@ -285,7 +319,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": args.config_file, "size": args.size, "device": device,
-                       "ms": rows, **extra}, f, indent=1)
+                       "precision": args.precision, "compiled": args.compile, "ms": rows,
+                       **extra}, f, indent=1)
 
 
 if __name__ == "__main__":
