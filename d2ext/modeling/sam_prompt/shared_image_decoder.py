@@ -172,7 +172,7 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
     return _mask_logits(decoder.output_upscaling, grid, hyper_in), iou
 
 
-_BAND_BYTES = 4 << 20
+_BAND_BYTES = 4 << 20  # CPU: size of one band of the upscaled maps (see _mask_logits)
 
 
 def _mask_logits(upscaling, grid, hyper_in):
