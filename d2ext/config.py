@@ -179,7 +179,7 @@ def add_d2ext_config(cfg):
     cfg.MODEL.SAM_PROMPT.SCORE_THRESHOLD = 0.0
     cfg.MODEL.SAM_PROMPT.MAX_INSTANCES = 100
     # Prompts per call of SAM's prompt encoder and mask decoder; 0 = by device (CUDA 64,
-    # otherwise 4: on a CPU, small batches keep the per-prompt image tokens in reused memory).
+    # otherwise 8: on a CPU, small batches keep the per-prompt image tokens cache-sized).
     cfg.MODEL.SAM_PROMPT.PROMPTS_PER_BATCH = 0
 
     # "auto": CUDA if available, else Apple MPS, else CPU (d2ext.engine.resolve_device).

@@ -117,7 +117,8 @@ def test_batched_decoding_equals_one_prompt_at_a_time(modules, monkeypatch):
         reference = decode_prompts(sam, embedding, points, labels, box, batch_size=1,
                                    shared_image=False)
         uneven = decode_prompts(sam, embedding, points, labels, box, batch_size=3)
-        with monkeypatch.context() as patch:  # the upscaling one grid row at a time
+        with monkeypatch.context() as patch:  # image tokens and upscaling one row at a time
+            patch.setattr(shared_image_decoder, "_TOKEN_BAND_BYTES", 1)
             patch.setattr(shared_image_decoder, "_BAND_BYTES", 1)
             banded = decode_prompts(sam, embedding, points, labels, box, batch_size=3)
         for result in (batched, single, uneven, banded):

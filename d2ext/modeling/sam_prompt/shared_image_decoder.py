@@ -26,6 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# On a CPU, per-prompt maps are processed in bands of about this size, so no large tensor is
+# allocated per prompt batch (fresh ones page-fault on every call) and each band stays in cache.
+_TOKEN_BAND_BYTES = 2 << 20  # image tokens (see _image_to_token)
+_BAND_BYTES = 8 << 20  # upscaled maps (see _mask_logits)
 
 def _heads(attn):
     return attn.num_heads, attn.internal_dim // attn.num_heads
@@ -84,16 +88,17 @@ def _folded_scores(proj, x, image, pe, cache, key):
     return torch.baddbmm(base, folded, image.transpose(1, 2)).view(b, h, t, n)
 
 
-def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
-    """``image + attn(q=image + pe, k=k_tokens, v=v_tokens)``: the image tokens (B|1, N, C)
-    attend to the (B, T, C) prompt tokens; returns (B, N, C). ``pe``, ``cache``, ``shared``
-    as for :func:`_token_to_image`. Unless ``shared``, ``image`` is updated in place (the
-    caller's per-prompt tokens, replaced by the result).
+def _image_to_token(attn, norm, image, pe, k_tokens, v_tokens, cache, shared, out):
+    """``norm(image + attn(q=image + pe, k=k_tokens, v=v_tokens))``: the image tokens (B|1, N, C)
+    attend to the (B, T, C) prompt tokens; written into ``out`` (B, N, C), which may be
+    ``image`` itself. ``pe``, ``cache``, ``shared`` as for :func:`_token_to_image`.
 
     The scores are laid out (B, H, T, N) so the softmax runs over T along a strided axis (a
     softmax over a last axis of T ~ 7 is ~10x slower on CPU), and the residual and the output
     bias are added by the final matrix product itself (each head's weights sum to 1, so the
-    bias, split over the heads, can ride on the values)."""
+    bias, split over the heads, can ride on the values). Each image token's update is its own,
+    so on a CPU the update and the norm run over bands of tokens: the only (B, N, C) tensor is
+    ``out``, which the caller reuses, rather than fresh page-faulting ones per call."""
     b, t, c = k_tokens.shape
     h, d = _heads(attn)
     # (B, H, T, d), with the scores' scale (on the few token rows rather than on the scores)
@@ -105,12 +110,16 @@ def _image_to_token(attn, image, pe, k_tokens, v_tokens, cache, shared):
         scores = (k.transpose(0, 1).reshape(h, b * t, d) @ q).view(h, b, t, -1).transpose(0, 1)
     else:
         scores = _folded_scores(attn.q_proj, k, image, pe, cache, (id(attn), "pe q"))
-    weights = torch.softmax(scores, dim=2).reshape(b, h * t, -1)
+    weights = torch.softmax(scores, dim=2).reshape(b, h * t, -1).transpose(1, 2)  # (B, N, H*T)
     values = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.view(c, h, d))
     values = values.reshape(b, h * t, c) + attn.out_proj.bias / h
-    if shared:
-        return torch.baddbmm(image.expand(b, -1, -1), weights.transpose(1, 2), values)
-    return image.baddbmm_(weights.transpose(1, 2), values)  # this batch's own tokens: in place
+    n = out.shape[1]
+    rows = n if out.device.type != "cpu" else max(1, _TOKEN_BAND_BYTES // (b * c * 4))
+    for start in range(0, n, rows):
+        band = slice(start, start + rows)
+        updated = torch.baddbmm(image[:, band].expand(b, -1, -1), weights[:, band], values)
+        out[:, band] = norm(updated)
+    return out
 
 
 def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense,
@@ -135,6 +144,9 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
         (image_embedding + dense).flatten(2).transpose(1, 2), image_pe.flatten(2).transpose(1, 2)))
     transformer = decoder.transformer
     queries = tokens
+    # The prompts' own image tokens (B, N, C), made by the first block and updated in place:
+    # one buffer per batch size, kept across the batches of an image.
+    image_tokens = _shared(cache, ("image tokens", b), lambda: keys.new_empty(b, *keys.shape[1:]))
     shared = True  # while the image tokens are the image's own, the same for all prompts
     for layer in transformer.layers:  # TwoWayAttentionBlock.forward, rearranged
         if layer.skip_first_layer_pe:
@@ -146,8 +158,8 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
         queries = layer.norm2(queries + _token_to_image(
             layer.cross_attn_token_to_image, queries + tokens, keys, pe, cache, shared))
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, keys, pe,
-                                           queries + tokens, queries, cache, shared))
+        keys = _image_to_token(layer.cross_attn_image_to_token, layer.norm4, keys, pe,
+                               queries + tokens, queries, cache, shared, out=image_tokens)
         shared = False  # the image tokens now depend on the prompt
     # The final attention treats each token on its own, and only the IoU token and the
     # candidate mask tokens are read after it: it runs for those alone.
@@ -172,16 +184,13 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
     return _mask_logits(decoder.output_upscaling, grid, hyper_in), iou
 
 
-_BAND_BYTES = 4 << 20  # CPU: size of one band of the upscaled maps (see _mask_logits)
-
-
 def _mask_logits(upscaling, grid, hyper_in):
     """``einsum("bc,bchw->bhw", hyper_in, upscaling(grid))``: each prompt's mask logits (B, 4gh,
     4gw) from its image tokens (B, C, gh, gw) and hypernetwork output (B, c).
 
     SAM's upscaling maps each grid cell to its own 4x4 output pixels (two 2x2, stride-2
     transposed convolutions, per-pixel norms and activations), so on a CPU it runs over bands
-    of grid rows: the B x 32 x 4gh x 4gw map (up to 32 MB for 4 prompts) is never allocated whole
+    of grid rows: the B x 32 x 4gh x 4gw map (67 MB for 8 prompts) is never allocated whole
     (a fresh, page-faulting allocation each batch) and each band stays in cache. Same numbers
     as one pass."""
     b, _, gh, gw = grid.shape
