@@ -12,6 +12,8 @@ of the budget. Here:
   prompt has ~7 tokens against 4096 image tokens; the positional encoding's share of those
   scores comes from its own projection, made once per image, so ``image + pe`` is never
   formed per prompt;
+- the prompts' own image tokens live in one buffer per image, updated and normalised in place
+  (over bands of tokens on a CPU);
 - the final attention treats each token on its own, so it runs only for the tokens read after
   it (the IoU token and the candidate mask tokens: 4 of ~7 for a point prompt);
 - the upscaling convolutions read the image tokens in channels-last layout (no transpose copy),
@@ -30,6 +32,7 @@ from torch import nn
 # allocated per prompt batch (fresh ones page-fault on every call) and each band stays in cache.
 _TOKEN_BAND_BYTES = 2 << 20  # image tokens (see _image_to_token)
 _BAND_BYTES = 8 << 20  # upscaled maps (see _mask_logits)
+
 
 def _heads(attn):
     return attn.num_heads, attn.internal_dim // attn.num_heads
