@@ -31,6 +31,8 @@ setup(
         "transformers>=5.0,<6",
         "safetensors",
         "pycocotools>=2.0.7",
+        # detectron2 crops polygon masks (COCO's format) with shapely; only its [all] extra has it.
+        "shapely>=2.0",
         "scipy>=1.10",
         "numpy",
         "Pillow",

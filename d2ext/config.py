@@ -21,6 +21,7 @@ def add_d2ext_config(cfg):
     cfg.MODEL.DINO.FREEZE_BLOCKS = 0
     cfg.MODEL.DINO.DROP_PATH_RATE = 0.0
     # Layer-wise LR decay: block i gets lr * LAYER_DECAY ** (num_blocks - i); 1.0 disables.
+    # EoMT follows its own recipe (EoMT.lr_factor_func).
     cfg.MODEL.DINO.LAYER_DECAY = 1.0
     # Recompute block activations in the backward pass (less memory, ~30% slower).
     cfg.MODEL.DINO.GRADIENT_CHECKPOINTING = False
@@ -28,7 +29,7 @@ def add_d2ext_config(cfg):
     # Its width and norm are MODEL.FPN.OUT_CHANNELS and MODEL.FPN.NORM.
     cfg.MODEL.DINO.SFP_SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
 
-    # === Mask2Former-style head (issue 3, part A): Mask2Former's key names =====================
+    # === Mask2Former-style head: Mask2Former's key names ========================================
     # --- Transformer decoder, matcher and losses (d2ext/modeling/{transformer_decoder,matcher,
     # criterion}.py) ---
     cfg.MODEL.MASK_FORMER = CN()
@@ -82,7 +83,7 @@ def add_d2ext_config(cfg):
     cfg.INPUT.MAX_SCALE = 2.0
     # === end of the Mask2Former-style head =====================================================
 
-    # --- Encoder-only Mask Transformer (d2ext/modeling/meta_arch/eomt.py; issue 3, part B) ---
+    # --- Encoder-only Mask Transformer (d2ext/modeling/meta_arch/eomt.py) ---
     # EoMT reads the bare ViT (MODEL.BACKBONE.NAME "build_dino_vit_backbone", MODEL.DINO.*), its
     # classes from MODEL.SEM_SEG_HEAD.NUM_CLASSES, its losses from MODEL.MASK_FORMER.{CLASS,MASK,
     # DICE}_WEIGHT, NO_OBJECT_WEIGHT, TRAIN_NUM_POINTS, ... and its outputs from
@@ -116,6 +117,14 @@ def add_d2ext_config(cfg):
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
     # AMPTrainer's autocast dtype on CUDA: "float16" or "bfloat16".
     cfg.SOLVER.AMP.PRECISION = "float16"
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model" (Mask2Former's: the norm of all
+    # gradients together). SOLVER.LR_SCHEDULER_NAME also takes "TwoStageWarmupPoly" (EoMT's):
+    # the head warms up over WARMUP_ITERS with the backbone at 0, then the backbone over
+    # BACKBONE_WARMUP_ITERS; each then decays as (1 - progress) ** POLY_LR_POWER.
+    cfg.SOLVER.BACKBONE_WARMUP_ITERS = 0
+    # Weight decay of nn.Embedding weights (queries, level embeddings), Mask2Former's key.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.POLY_LR_POWER = 0.9
 
     # --- Evaluation and best checkpoint ---
     # Keep `model_best.pth` by this metric of the periodic evaluation ("" disables).
@@ -134,7 +143,7 @@ def add_d2ext_config(cfg):
     # Where generated images are cached; "" means $D2EXT_DATASETS or ./datasets.
     cfg.DATASETS.SYNTHETIC.ROOT = ""
 
-    # --- Semantic segmentation on DINO features (issue 6) ---
+    # --- Semantic segmentation on DINO features ---
     # Datasets from an image folder and a mask folder, as [name, image_dir, mask_dir] triples;
     # masks are single-channel PNGs named like their image whose pixel values are class ids.
     # Pixels equal to MODEL.SEM_SEG_HEAD.IGNORE_VALUE are ignored by the loss and SemSegEvaluator.
@@ -142,7 +151,6 @@ def add_d2ext_config(cfg):
     # Class names of those datasets, in class-id order; empty: "class_0", "class_1", ... up to
     # MODEL.SEM_SEG_HEAD.NUM_CLASSES.
     cfg.DATASETS.SEM_SEG_CLASSES = []
-    # --- end of issue 6 keys ---
 
     # --- tools/demo.py and the quickstart ---
     cfg.D2EXT = CN()

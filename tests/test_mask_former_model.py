@@ -154,3 +154,30 @@ def test_semantic_mapper_makes_one_target_per_present_class(tmp_path):
     assert inst.gt_masks.tensor[1].sum() == (out["sem_seg"] == 3).sum()
     with pytest.raises(ValueError, match="sem_seg_file_name"):
         mapper({"file_name": image, "height": 32, "width": 48})
+
+
+@pytest.mark.parametrize("config", ["dinov3_mask2former.yaml", "dinov3_eomt.yaml"])
+def test_lsj_mappers_crop_polygon_annotations_like_rle(tmp_path, config):
+    # COCO 2017 stores most masks as polygons; detectron2 crops them with shapely. The same
+    # object as a polygon and as RLE must give the same training mask after a cropping LSJ.
+    cfg = setup_cfg(os.path.join(CONFIGS, config), [
+        "MODEL.DEVICE", "cpu", "INPUT.IMAGE_SIZE", "96", "INPUT.MIN_SCALE", "2.0",
+        "INPUT.MAX_SCALE", "2.0", "INPUT.RANDOM_FLIP", "none", "OUTPUT_DIR", str(tmp_path)])
+    path = str(tmp_path / "img.png")
+    Image.fromarray(np.full((96, 96, 3), 80, np.uint8)).save(path)
+    polygon = [10.0, 10.0, 90.0, 20.0, 50.0, 90.0]  # crosses every crop of the 192-px image
+    rle = mask_util.frPyObjects([polygon], 96, 96)[0]
+    rle["counts"] = rle["counts"].decode()
+    record = {"file_name": path, "height": 96, "width": 96, "image_id": 1}
+    mapper = MaskFormerInstanceDatasetMapper(cfg, is_train=True)
+    masks = []
+    for segmentation in ([polygon], rle):
+        np.random.seed(3)  # the same crop for both
+        anno = {"bbox": [10, 10, 80, 80], "bbox_mode": 1, "category_id": 0,
+                "segmentation": segmentation}
+        out = mapper(dict(copy.deepcopy(record), annotations=[anno]))
+        assert out["image"].shape[1:] == (96, 96)
+        masks.append(out["instances"].gt_masks.tensor[0])
+    inter = (masks[0] & masks[1]).sum().item()
+    union = (masks[0] | masks[1]).sum().item()
+    assert union > 500 and inter / union > 0.95

@@ -45,7 +45,8 @@ class HungarianMatcher(nn.Module):
 
     def cost_matrix(self, pred_logits, pred_masks, labels, masks):
         """The (Q, N) matching cost of one image: pred_logits (Q, K+1), pred_masks (Q, h, w),
-        labels (N,), masks (N, H, W)."""
+        labels (N,), masks (N, H, W). Its points are drawn even when N = 0, as Mask2Former draws
+        them for every image: the random stream, and so every later draw, stays the same."""
         cost_class = -pred_logits.float().softmax(-1)[:, labels]
         pred_masks = pred_masks.float()
         masks = masks.to(pred_masks)
@@ -72,10 +73,6 @@ class HungarianMatcher(nn.Module):
         query ``query_idx[i]`` is assigned to target ``target_idx[i]``."""
         indices = []
         for b, target in enumerate(targets):
-            if len(target["labels"]) == 0:
-                empty = torch.zeros(0, dtype=torch.int64)
-                indices.append((empty, empty.clone()))
-                continue
             cost = self.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b],
                                     target["labels"], target["masks"])
             rows, cols = linear_sum_assignment(cost.cpu().numpy())

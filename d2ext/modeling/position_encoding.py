@@ -6,13 +6,16 @@ import torch
 
 def sine_position_embedding(shape, num_feats, device, dtype, temperature=10000.0):
     """(B, 2 * num_feats, H, W) encoding of ``shape`` = (B, C, H, W): ``num_feats`` channels for y
-    then ``num_feats`` for x, each interleaving sin and cos of the position normalised to
-    (0, 2 pi] at geometrically spaced frequencies. Padding is treated as image (inputs are padded
-    only to a multiple of 32, so there is little of it)."""
+    then ``num_feats`` for x, each interleaving sin and cos of the position at geometrically spaced
+    frequencies.
+
+    Rows and columns are numbered 1..n and normalised to ``i / n * 2 pi``, Mask2Former's
+    ``PositionEmbeddingSine(normalize=True)`` (not Deformable DETR's ``(i - 0.5) / n``). Without
+    a padding mask, as in Mask2Former, padding is encoded as image."""
     b, _, h, w = shape
     eps, scale = 1e-6, 2 * math.pi
-    y = (torch.arange(1, h + 1, device=device, dtype=torch.float32) - 0.5) / (h + eps) * scale
-    x = (torch.arange(1, w + 1, device=device, dtype=torch.float32) - 0.5) / (w + eps) * scale
+    y = torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + eps) * scale
+    x = torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + eps) * scale
     dim_t = torch.arange(num_feats, device=device, dtype=torch.float32)
     dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
     pos_y, pos_x = y[:, None] / dim_t, x[:, None] / dim_t  # (H, F), (W, F)

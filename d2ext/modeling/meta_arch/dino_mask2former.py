@@ -1,12 +1,13 @@
 """Mask2Former-style universal segmentation on a DINO ViT (or any detectron2 backbone)."""
 import torch
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
 from ..criterion import SetCriterion
 from ..matcher import HungarianMatcher
+from ..pixel_decoder import PIXEL_DECODER_REGISTRY
 from ..transformer_decoder import TRANSFORMER_DECODER_REGISTRY
 from .mask_former_inference import MaskFormerInference
 
@@ -53,7 +54,7 @@ class DinoMask2Former(nn.Module):
             raise ValueError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES names {missing}, but the backbone "
                              f"{cfg.MODEL.BACKBONE.NAME} gives only {sorted(shapes)}.")
         try:
-            pixel_decoder = SEM_SEG_HEADS_REGISTRY.get(head.PIXEL_DECODER_NAME)(cfg, shapes)
+            pixel_decoder = PIXEL_DECODER_REGISTRY.get(head.PIXEL_DECODER_NAME)(cfg, shapes)
             transformer_decoder = TRANSFORMER_DECODER_REGISTRY.get(mf.TRANSFORMER_DECODER_NAME)(
                 cfg, head.CONVS_DIM)
         except KeyError as err:

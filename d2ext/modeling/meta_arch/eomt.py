@@ -11,6 +11,7 @@ The math equals transformers' ``EomtForUniversalSegmentation`` (DINOv2 family) a
 checkpoint of this model.
 """
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -267,6 +268,28 @@ class EoMT(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD, "anneal_start_iters": e.ANNEAL_START_ITERS,
             "anneal_end_iters": e.ANNEAL_END_ITERS, "anneal_power": e.ANNEAL_POWER,
         }
+
+    def lr_factor_func(self, cfg):
+        """EoMT's layer-wise LR decay (d2ext.solver reads it): block i of the ViT's L gets
+        MODEL.DINO.LAYER_DECAY ** (L - 1 - i) and the embeddings that of block 0, while the last
+        NUM_BLOCKS blocks (which also process the queries), the final norm and the head keep the
+        full LR; backbone factors are times SOLVER.BACKBONE_MULTIPLIER."""
+        depth, decay = self.backbone.num_blocks, cfg.MODEL.DINO.LAYER_DECAY
+        multiplier = cfg.SOLVER.BACKBONE_MULTIPLIER
+        block_re = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+
+        def factor(name):
+            if not name.startswith("backbone.vit."):
+                return 1.0
+            rest = name[len("backbone.vit."):]
+            block = block_re.search(rest)
+            if block:
+                i = int(block.group(1))
+                return multiplier * (1.0 if i >= depth - self.num_blocks else
+                                     decay ** (depth - 1 - i))
+            return multiplier * (decay ** (depth - 1) if rest.startswith("embeddings") else 1.0)
+
+        return factor
 
     @property
     def vit(self):

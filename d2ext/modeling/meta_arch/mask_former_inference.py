@@ -5,15 +5,13 @@ Shared by the Mask2Former-style and the encoder-only (EoMT) meta-architectures, 
 ``COCOEvaluator``, ``SemSegEvaluator``, ``COCOPanopticEvaluator``, the ``Visualizer`` and
 ``DefaultPredictor`` work on either unchanged.
 """
-import math
-
 import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from torch.nn import functional as F
 
-from ..mask_ops import mask_boxes, threshold_resized
+from ..mask_ops import mask_boxes
 
 
 def resize_mask_logits(mask_logits, padded_size, image_size, output_size):
@@ -59,23 +57,26 @@ def select_instances(mask_cls, topk, thing_ids=None):
     return scores, classes, queries
 
 
-def instance_inference(scores, classes, queries, mask_logits, image_size, resize):
-    """``Instances`` of k selections: scores (k,), classes (k,), queries (k,) indexing the
-    low-resolution mask logits (Q, h, w) of the image's own area.
+def instance_inference(scores, classes, queries, image_size, resize):
+    """``Instances`` of k selections: scores (k,), classes (k,), queries (k,) indices of queries
+    whose full-resolution logits ``resize(query_indices)`` gives at ``image_size``.
 
-    pred_masks (k, H, W) bool = full-resolution logits > 0, where ``resize(query_indices)``
-    gives the full-resolution logits of some queries; pred_boxes = the masks' tight boxes;
-    scores = class probability x mean mask probability inside the mask (Mask2Former's mask
-    score), on the low-resolution logits (16x fewer pixels at 1/4 resolution).
+    As Mask2Former: pred_masks (k, H, W) bool = full-resolution logits > 0; scores = class
+    probability x mean mask probability inside the mask. Unlike Mask2Former (which leaves the
+    boxes zero), pred_boxes are the masks' tight boxes, for box AP and the Visualizer.
 
-    The full-resolution work is done once per distinct query and a few queries at a time
-    (``threshold_resized``): the float maps of all queries never exist at once.
+    The full-resolution work is done once per distinct query and a few queries at a time: the
+    float maps of all queries never exist at once.
     """
     unique, inverse = queries.unique(return_inverse=True)
-    low_res = mask_logits[unique].flatten(1)
-    inside = low_res > 0
-    mask_scores = (low_res.sigmoid() * inside).sum(1) / (inside.sum(1) + 1e-6)
-    masks = threshold_resized(unique, resize, image_size)
+    masks = torch.empty((len(unique), *image_size), dtype=torch.bool, device=scores.device)
+    mask_scores = torch.empty(len(unique), device=scores.device)
+    for start in range(0, len(unique), 8):
+        chunk = slice(start, start + 8)
+        logits = resize(unique[chunk])
+        torch.gt(logits, 0, out=masks[chunk])
+        inside = masks[chunk].flatten(1)
+        mask_scores[chunk] = (logits.sigmoid().flatten(1) * inside).sum(1) / (inside.sum(1) + 1e-6)
     boxes = mask_boxes(masks)
     if len(unique) < len(queries):  # a query selected for several classes: one mask each
         masks, boxes = masks[inverse], boxes[inverse]
@@ -89,9 +90,15 @@ def instance_inference(scores, classes, queries, mask_logits, image_size, resize
 
 def panoptic_inference(mask_cls, mask_logits, object_mask_threshold, overlap_threshold,
                        thing_ids):
-    """Non-overlapping segments: each pixel goes to the kept query with the highest
-    p(class) * p(mask); a query's segment is dropped when less than ``overlap_threshold`` of its
-    own mask survives; stuff segments of one class are merged.
+    """Non-overlapping segments, Mask2Former's rule: queries whose best class is an object with
+    probability above ``object_mask_threshold`` are kept; each pixel goes to the kept query with
+    the highest p(class) * p(mask); a query's segment is the pixels it wins where its own
+    p(mask) >= 0.5, dropped when empty or when the pixels it wins are fewer than
+    ``overlap_threshold`` of its own mask's; stuff segments of one class are merged.
+
+    (transformers' ``post_process_panoptic_segmentation`` differs: its segment is every pixel a
+    query wins, its own-mask area is of p(class) * p(mask) >= 0.5, and a ratio equal to the
+    threshold drops the segment.)
 
     Returns (panoptic_seg (H, W) int32 of segment ids, 0 = void; segments_info list of
     {"id", "isthing", "category_id"}), the format COCOPanopticEvaluator reads."""
@@ -110,10 +117,12 @@ def panoptic_inference(mask_cls, mask_logits, object_mask_threshold, overlap_thr
     for k in range(len(probs)):
         category = int(labels[k])
         is_thing = category in thing_ids
+        won = owner == k
         own = probs[k] >= 0.5
-        mask = (owner == k) & own
-        mask_area, own_area = int(mask.sum()), int(own.sum())
-        if mask_area == 0 or own_area == 0 or mask_area / own_area < overlap_threshold:
+        mask = won & own
+        won_area, own_area = int(won.sum()), int(own.sum())
+        if won_area == 0 or own_area == 0 or not mask.any() or \
+                won_area / own_area < overlap_threshold:
             continue
         if not is_thing and category in stuff_ids:
             panoptic_seg[mask] = stuff_ids[category]
@@ -185,9 +194,6 @@ class MaskFormerInference:
                 def resize(idx):
                     return resize_mask_logits(mask_logits[idx], padded_size, image_size,
                                               output_size)
-            # The mask score on the 1/4-resolution logits of the image's own area.
-            h = math.ceil(image_size[0] * mask_logits.shape[-2] / padded_size[0])
-            w = math.ceil(image_size[1] * mask_logits.shape[-1] / padded_size[1])
-            result["instances"] = instance_inference(
-                scores, classes, queries, mask_logits[:, :h, :w], output_size, resize)
+            result["instances"] = instance_inference(scores, classes, queries, output_size,
+                                                     resize)
         return result

@@ -1,1 +1,1 @@
-from .msdeform_pixel_decoder import MSDeformAttnPixelDecoder
+from .msdeform_pixel_decoder import PIXEL_DECODER_REGISTRY, MSDeformAttnPixelDecoder

@@ -3,12 +3,21 @@ FPN step to a 1/4-resolution per-pixel embedding."""
 import torch
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, get_norm
-from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from detectron2.utils.registry import Registry
 from torch import nn
 from torch.nn import functional as F
 
 from ..position_encoding import sine_position_embedding
 from .ms_deform_attn import MSDeformAttn
+
+# d2ext's own registry: Mask2Former registers its pixel decoders in detectron2's shared
+# SEM_SEG_HEADS_REGISTRY, so a d2ext name there would clash when both packages are imported.
+PIXEL_DECODER_REGISTRY = Registry("D2EXT_PIXEL_DECODER")
+PIXEL_DECODER_REGISTRY.__doc__ = """Pixel decoders of Mask2Former-style models, named by
+MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME and built with (cfg, input_shape)."""
+
+# Mask2Former feeds its transformer decoder 3 scales whatever the encoder's level count.
+NUM_DECODER_SCALES = 3
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -41,7 +50,7 @@ def encoder_reference_points(spatial_shapes, batch, device, dtype):
     return points[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
 
 
-@SEM_SEG_HEADS_REGISTRY.register()
+@PIXEL_DECODER_REGISTRY.register()
 class MSDeformAttnPixelDecoder(nn.Module):
     """Pixel decoder over backbone features, e.g. the DINO simple feature pyramid p2..p5.
 
@@ -51,8 +60,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
     (p2) is added FPN-style to the upsampled coarser output.
 
     forward_features(features) returns (mask_features (N, mask_dim, H/4, W/4) — the per-pixel
-    embedding the mask logits are read from; multi_scale_features — the encoder outputs from the
-    coarsest (1/32) to the finest (1/8), each (N, conv_dim, h, w), for the transformer decoder).
+    embedding the mask logits are read from; multi_scale_features — 3 maps (N, conv_dim, h, w)
+    for the transformer decoder: the encoder outputs from the coarsest (1/32) to the finest
+    (1/8), followed by the FPN outputs when the encoder has fewer than 3 levels).
+
+    It computes what Mask2Former's ``MSDeformAttnPixelDecoder`` computes, with its
+    initialisation, and runs in float32 under autocast as Mask2Former does (deformable attention
+    is unstable in half precision).
     """
 
     @configurable
@@ -79,16 +93,29 @@ class MSDeformAttnPixelDecoder(nn.Module):
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.zeros_(proj[0].bias)
         n_levels = len(self.transformer_in_features)
-        self.level_embed = nn.Parameter(torch.randn(n_levels, conv_dim) * 0.02)
+        self.level_embed = nn.Parameter(torch.randn(n_levels, conv_dim))
         self.encoder = nn.ModuleList(
             DeformableEncoderLayer(conv_dim, transformer_dim_feedforward, n_levels,
                                    transformer_nheads, transformer_n_points, transformer_dropout)
             for _ in range(transformer_enc_layers))
+        # Mask2Former's encoder init: xavier for every matrix, then the deformable attention's own.
+        for p in self.encoder.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for layer in self.encoder:
+            layer.self_attn._reset_parameters()
 
         # FPN steps for the finer features, down to ``common_stride`` (Mask2Former's choice).
         finest_encoded = min(input_shape[k].stride for k in self.transformer_in_features)
         self.fpn_features = [k for k in self.in_features
                              if common_stride <= input_shape[k].stride < finest_encoded]
+        if len(self.transformer_in_features) + len(self.fpn_features) < NUM_DECODER_SCALES:
+            raise ValueError(
+                f"The pixel decoder must give the transformer decoder {NUM_DECODER_SCALES} scales, "
+                f"but MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES "
+                f"{self.transformer_in_features} and the finer IN_FEATURES {self.fpn_features} "
+                f"(down to COMMON_STRIDE {common_stride}) give only "
+                f"{len(self.transformer_in_features) + len(self.fpn_features)}: add features.")
         use_bias = norm == ""
         self.lateral_convs = nn.ModuleList()
         self.output_convs = nn.ModuleList()
@@ -125,6 +152,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         }
 
     def forward_features(self, features):
+        with torch.autocast(next(iter(features.values())).device.type, enabled=False):
+            return self._forward_fp32({k: v.float() for k, v in features.items()})
+
+    def _forward_fp32(self, features):
         srcs, pos = [], []
         for level, (name, proj) in enumerate(zip(self.transformer_in_features, self.input_proj)):
             x = proj(features[name])
@@ -142,13 +173,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
         n = src.shape[0]
         multi_scale = [y.transpose(1, 2).reshape(n, -1, h, w) for y, (h, w) in
                        zip(src.split([h * w for h, w in shapes], dim=1), shapes)]
-        out = multi_scale[-1]
+        outs = list(multi_scale)
         for name, lateral, output in zip(self.fpn_features[::-1], self.lateral_convs,
                                          self.output_convs):
             x = lateral(features[name])
-            out = output(x + F.interpolate(out, size=x.shape[-2:], mode="bilinear",
-                                           align_corners=False))
-        return self.mask_features(out), multi_scale
+            outs.append(output(x + F.interpolate(outs[-1], size=x.shape[-2:], mode="bilinear",
+                                                 align_corners=False)))
+        return self.mask_features(outs[-1]), outs[:NUM_DECODER_SCALES]
 
     def forward(self, features):
         return self.forward_features(features)

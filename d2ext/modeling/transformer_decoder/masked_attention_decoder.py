@@ -1,5 +1,6 @@
 """Mask2Former's transformer decoder: queries cross-attend to one pixel-decoder scale per layer,
 each restricted (masked attention) to the foreground its previous mask prediction."""
+import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
@@ -26,6 +27,10 @@ class DecoderLayer(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
+        # Mask2Former's init: xavier for every matrix (attention projections and MLP).
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
 
     def _residual(self, x, i, fn):
         if self.pre_norm:
@@ -47,18 +52,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     mask_features (B, mask_dim, H/4, W/4)) -> {"pred_logits": (B, Q, K+1), "pred_masks":
     (B, Q, H/4, W/4), "aux_outputs": the same two keys for each earlier prediction (training)}.
 
-    ``dec_layers`` attention layers cycle through the scales. A prediction is made from the learned
-    queries alone and after every layer; each one's mask (> 0.5 after sigmoid), at the next layer's
-    scale, masks that layer's cross-attention.
+    ``dec_layers`` attention layers cycle through the 3 scales. A prediction is made from the
+    learned queries alone and after every layer; each one's mask (> 0.5 after sigmoid), at the
+    next layer's scale, masks that layer's cross-attention. Layers, init and outputs are those of
+    Mask2Former's ``MultiScaleMaskedTransformerDecoder``.
     """
 
     @configurable
     def __init__(self, *, in_channels, num_classes, hidden_dim=256, num_queries=100, nheads=8,
                  dim_feedforward=2048, dec_layers=9, pre_norm=False, mask_dim=256,
-                 enforce_input_project=False, dropout=0.0, num_feature_levels=3):
+                 enforce_input_project=False, dropout=0.0):
         super().__init__()
         self.num_heads = nheads
-        self.num_feature_levels = num_feature_levels
+        self.num_feature_levels = num_feature_levels = 3  # Mask2Former always uses 3 scales
         self.layers = nn.ModuleList(
             DecoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm)
             for _ in range(dec_layers))
@@ -70,6 +76,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
             if in_channels != hidden_dim or enforce_input_project else nn.Identity()
             for _ in range(num_feature_levels))
+        for proj in self.input_proj:
+            if isinstance(proj, nn.Conv2d):
+                weight_init.c2_xavier_fill(proj)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
@@ -88,9 +97,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 # Mask2Former's count includes the prediction from the bare queries.
                 "dec_layers": mf.DEC_LAYERS - 1, "pre_norm": mf.PRE_NORM,
                 "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-                "enforce_input_project": mf.ENFORCE_INPUT_PROJ, "dropout": mf.DROPOUT,
-                "num_feature_levels": len(
-                    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES)}
+                "enforce_input_project": mf.ENFORCE_INPUT_PROJ, "dropout": mf.DROPOUT}
 
     def _predict(self, queries, mask_features, attn_features, full_masks):
         """Class logits, full-resolution mask logits (if ``full_masks``) and the attention mask
