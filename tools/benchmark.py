@@ -22,6 +22,12 @@ registers; the config's queries and classes) in transformers, as ../shared/bench
   hf_eomt      EomtDinov3ForUniversalSegmentation, masked attention off
   hf_m2f       Mask2FormerForUniversalSegmentation with a DINOv3 backbone (masks at 1/16)
   hf_eomt_e2e  EomtImageProcessor + EoMT + post_process_instance_segmentation (EoMT configs)
+  hf_m2f_head  d2ext's backbone (the same p2..p5 maps) + transformers' Mask2FormerPixelDecoder,
+               Mask2FormerTransformerModule and class predictor at the config's head recipe:
+               equal work to d2ext's row (Mask2Former-style configs)
+--train adds one training step (forward, losses, backward, AdamW step) at --batch: d2ext_train
+(the whole model, d2ext's optimizer) and, with --peers, hf_m2f_head_train (the same backbone +
+transformers' head and Mask2FormerLoss).
 --precision runs every row, d2ext's and the peers', under ``torch.autocast`` (bf16 / fp16);
 --compile wraps every model-only row in ``torch.compile`` and warms each up twice (the end-to-end
 rows stay eager). FPS at 640x640 for ViT-S/B/L next to transformers' EoMT on a GPU, e.g.:
@@ -243,6 +249,101 @@ def peers(cfg, args, x, device):
     return rows
 
 
+def hf_mask2former_head(cfg, device):
+    """transformers' Mask2Former pixel decoder + transformer module + class predictor + loss at
+    the config's head recipe (widths, layers, heads, queries, points), for the equal-work rows:
+    fed the same simple-feature-pyramid maps (p2..p5) as d2ext's head."""
+    from transformers import Mask2FormerConfig
+    from transformers.models.mask2former import modeling_mask2former as hf
+
+    head, mf = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER
+    config = Mask2FormerConfig(
+        feature_size=head.CONVS_DIM, mask_feature_size=head.MASK_DIM, hidden_dim=mf.HIDDEN_DIM,
+        num_attention_heads=mf.NHEADS, encoder_layers=head.TRANSFORMER_ENC_LAYERS,
+        encoder_feedforward_dim=head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
+        decoder_layers=mf.DEC_LAYERS, dim_feedforward=mf.DIM_FEEDFORWARD,
+        pre_norm=mf.PRE_NORM, num_queries=mf.NUM_OBJECT_QUERIES, num_labels=head.NUM_CLASSES,
+        train_num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
+        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO, class_weight=mf.CLASS_WEIGHT,
+        mask_weight=mf.MASK_WEIGHT, dice_weight=mf.DICE_WEIGHT, dropout=mf.DROPOUT,
+        backbone_config={"model_type": "resnet", "depths": [1, 1, 1, 1]})
+    modules = torch.nn.ModuleDict({
+        "pixel": hf.Mask2FormerPixelDecoder(config, [cfg.MODEL.FPN.OUT_CHANNELS] * 4),
+        "transformer": hf.Mask2FormerTransformerModule(head.CONVS_DIM, config),
+        "classes": torch.nn.Linear(mf.HIDDEN_DIM, head.NUM_CLASSES + 1)}).to(device)
+    torch.nn.init.normal_(modules["pixel"].level_embed)
+    weights = {"loss_cross_entropy": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT,
+               "loss_dice": mf.DICE_WEIGHT}
+    loss = hf.Mask2FormerLoss(config, weights).to(device)
+
+    def predict(features):
+        pix = modules["pixel"]([features[k] for k in ("p2", "p3", "p4", "p5")])
+        dec = modules["transformer"](list(pix.multi_scale_features), pix.mask_features,
+                                     output_hidden_states=True)
+        logits = [modules["classes"](h.transpose(0, 1)) for h in dec.intermediate_hidden_states]
+        return logits, dec.masks_queries_logits
+
+    def losses(features, targets):
+        logits, masks = predict(features)
+        out = loss(masks[-1], logits[-1], [t["masks"] for t in targets],
+                   [t["labels"] for t in targets],
+                   [{"masks_queries_logits": m, "class_queries_logits": c}
+                    for c, m in zip(logits[:-1], masks[:-1])])
+        return sum(v * next(w for k, w in weights.items() if k in key) for key, v in out.items())
+
+    return modules, predict, losses
+
+
+def synthetic_batch(batch, size, num_classes, device, seed=0):
+    """Training inputs: random images with 5 box-shaped instances each, as detectron2 dicts."""
+    from detectron2.structures import BitMasks, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for _ in range(batch):
+        masks = torch.zeros(5, size, size, dtype=torch.bool)
+        for m in masks:
+            y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
+            m[y: y + size // 3, x: x + size // 3] = True
+        inst = Instances((size, size), gt_classes=torch.randint(0, num_classes, (5,), generator=g),
+                         gt_masks=BitMasks(masks))
+        inputs.append({"image": torch.randint(0, 256, (3, size, size), generator=g).float(),
+                       "instances": inst})
+    return inputs
+
+
+def training_steps(cfg, model, hf_head, inputs, device):
+    """name -> one training step (forward, losses, backward, optimizer step): d2ext's whole
+    model, and with ``hf_head`` the same backbone + transformers' head and loss."""
+    from d2ext.solver import build_optimizer
+
+    optimizer = build_optimizer(cfg, model)
+
+    def step(loss_fn, opt):
+        with torch.inference_mode(False), torch.enable_grad():
+            model.train()
+            loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.eval()
+
+    rows = {"d2ext_train": lambda: step(lambda: sum(model(inputs).values()), optimizer)}
+    if hf_head is not None:
+        modules, _, hf_losses = hf_head
+        hf_opt = torch.optim.AdamW(list(model.backbone.parameters()) + list(modules.parameters()),
+                                   lr=cfg.SOLVER.BASE_LR)
+
+        def hf_loss():  # the same preprocessing and targets as d2ext's step
+            modules.train()
+            images = model.preprocess_image(inputs)
+            targets = model.prepare_targets(inputs, images)
+            return hf_losses(model.extract_features(images.tensor), targets)
+
+        rows["hf_m2f_head_train"] = lambda: step(hf_loss, hf_opt)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
@@ -258,6 +359,10 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model-only rows of d2ext and the peers alike "
                         "(the end-to-end rows stay eager); compiling takes minutes on a CPU")
+    parser.add_argument("--train", action="store_true",
+                        help="also time one training step (forward, backward, optimizer) at "
+                        "--batch, d2ext's and (with --peers, Mask2Former-style configs) the "
+                        "same backbone with transformers' head and loss")
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
@@ -280,8 +385,16 @@ def main(argv=None):
     predictor.model = model  # the same weights and state as the rows above
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
     fns["d2ext_e2e"] = lambda: predictor(image)
+    hf_head = None
     if args.peers:
         fns.update(peers(cfg, args, x, device))
+        if hasattr(model, "decode_queries"):  # equal work: the same maps into transformers' head
+            hf_head = hf_mask2former_head(cfg, device)
+            hf_head[0].eval()
+            fns["hf_m2f_head"] = lambda: hf_head[1](model.extract_features(x))
+    if args.train:
+        inputs = synthetic_batch(args.batch, args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
+        fns.update(training_steps(cfg, model, hf_head, inputs, device))
     if args.compile:
         compiled = {name: torch.compile(fn) for name, fn in fns.items() if not name.endswith("e2e")}
         fns.update(compiled)
@@ -304,8 +417,10 @@ def main(argv=None):
         if "floor" in rows and not name.endswith("e2e"):
             ratios.append(f"{ms / rows['floor']:.2f} x floor")
         peer = "hf_eomt" if cfg.MODEL.META_ARCHITECTURE == "EoMT" else "hf_m2f"
-        if name == "d2ext" and peer in rows:
-            ratios.append(f"{ms / rows[peer]:.2f} x {peer}")
+        if name == "d2ext":
+            ratios += [f"{ms / rows[p]:.2f} x {p}" for p in (peer, "hf_m2f_head") if p in rows]
+        if name == "d2ext_train" and "hf_m2f_head_train" in rows:
+            ratios.append(f"{ms / rows['hf_m2f_head_train']:.2f} x hf_m2f_head_train")
         if name == "d2ext_e2e" and "hf_eomt_e2e" in rows:
             ratios.append(f"{ms / rows['hf_eomt_e2e']:.2f} x hf_eomt_e2e")
         print(f"{name}: {ms:.1f} ms" + (f"  ({', '.join(ratios)})" if ratios else ""))

@@ -4,6 +4,17 @@
 Shared by the Mask2Former-style and the encoder-only (EoMT) meta-architectures, so that
 ``COCOEvaluator``, ``SemSegEvaluator``, ``COCOPanopticEvaluator``, the ``Visualizer`` and
 ``DefaultPredictor`` work on either unchanged.
+
+The rules are Mask2Former's (``MaskFormer.{semantic,instance,panoptic}_inference``; EoMT uses
+the same ones). Deliberate differences, each for a reason:
+- the mask logits are resized once, from the padded grid straight to the output size
+  (``resize_mask_logits``), where Mask2Former upsamples to the padded input, crops and resizes
+  again: the same bilinear model in one pass over the full-size maps instead of two;
+- with only SEMANTIC_ON, the class scores are combined from the resized mask logits, the order
+  Mask2Former uses whenever instance or panoptic output is on (alone, it combines at the padded
+  input resolution and resizes the class scores);
+- instances get their masks' tight boxes (Mask2Former leaves them zero), for box AP and the
+  Visualizer; mask AP is unaffected.
 """
 import torch
 from detectron2.config import configurable

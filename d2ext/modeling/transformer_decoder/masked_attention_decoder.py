@@ -110,6 +110,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if attn_features is not None:
             # Bilinear downsampling commutes with the (linear) einsum, so masks at the attention
             # scale come from pre-downsampled features: Q x C x (h w) instead of Q x C x (H W).
+            # Mask2Former downsamples the full-resolution masks instead: equal up to rounding
+            # (a logit within rounding of 0 can flip its pixel of the attention mask).
             small = torch.einsum("bqc,bchw->bqhw", embed, attn_features).flatten(2)
             attn_mask = (small.sigmoid() < 0.5).detach()
             # A query whose mask is empty would attend to nothing: let it see everything.
