@@ -67,6 +67,8 @@ def add_d2ext_config(cfg):
     # detectron2 already defines SEM_SEG_HEAD.{NAME, IN_FEATURES, IGNORE_VALUE, NUM_CLASSES,
     # CONVS_DIM, COMMON_STRIDE, NORM, LOSS_WEIGHT}; these are Mask2Former's additions.
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    # A name in d2ext.modeling.pixel_decoder.PIXEL_DECODER_REGISTRY (not detectron2's
+    # SEM_SEG_HEADS_REGISTRY, where Mask2Former registers the same name).
     cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["p3", "p4", "p5"]
