@@ -14,7 +14,8 @@ from PIL import Image
 from torch.nn import functional as F
 
 from d2ext.engine import setup_cfg
-from d2ext.modeling.meta_arch.mask_former_inference import MaskFormerInference, resize_mask_logits
+from d2ext.modeling.meta_arch.mask_former_inference import (MaskFormerInference,
+                                                        instance_inference, resize_mask_logits)
 
 from conftest import CONFIGS
 
@@ -260,3 +261,17 @@ def test_instances_equal_full_resolution_threshold_for_repeated_queries():
         ys, xs = torch.nonzero(mask, as_tuple=True)
         assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
         assert score <= probs[q, cls] + 1e-6
+
+
+def test_each_instance_gets_its_own_querys_mask_in_any_selection_order():
+    # A top-k selection comes in no particular query order; masks must follow it, not the
+    # sorted order of the distinct queries.
+    mask_logits = torch.full((3, 4, 4), -5.0)
+    for q in range(3):
+        mask_logits[q, q] = 5.0  # query q covers row q
+    queries = torch.tensor([2, 0, 1])
+    inst = instance_inference(torch.tensor([0.9, 0.8, 0.7]), torch.tensor([5, 6, 7]), queries,
+                              (4, 4), mask_logits.__getitem__)
+    for mask, q in zip(inst.pred_masks, queries.tolist()):
+        assert mask[q].all() and mask.sum() == 4
+    assert inst.pred_boxes.tensor[:, 1].tolist() == [2.0, 0.0, 1.0]

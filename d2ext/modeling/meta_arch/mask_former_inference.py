@@ -79,7 +79,7 @@ def instance_inference(scores, classes, queries, image_size, resize):
     The full-resolution work is done once per distinct query and a few queries at a time: the
     float maps of all queries never exist at once.
     """
-    unique, inverse = queries.unique(return_inverse=True)
+    unique, inverse = queries.unique(return_inverse=True)  # sorted: not the selection's order
     masks = torch.empty((len(unique), *image_size), dtype=torch.bool, device=scores.device)
     mask_scores = torch.empty(len(unique), device=scores.device)
     for start in range(0, len(unique), 8):
@@ -87,9 +87,10 @@ def instance_inference(scores, classes, queries, image_size, resize):
         logits = resize(unique[chunk])
         torch.gt(logits, 0, out=masks[chunk])
         inside = masks[chunk].flatten(1)
-        mask_scores[chunk] = (logits.sigmoid().flatten(1) * inside).sum(1) / (inside.sum(1) + 1e-6)
+        mask_scores[chunk] = ((logits.sigmoid().flatten(1) * inside).sum(1)
+                              / (inside.sum(1) + 1e-6))
     boxes = mask_boxes(masks)
-    if len(unique) < len(queries):  # a query selected for several classes: one mask each
+    if not torch.equal(unique, queries):  # back to the selection's order, one mask per entry
         masks, boxes = masks[inverse], boxes[inverse]
     result = Instances(tuple(image_size))
     result.pred_masks = masks
