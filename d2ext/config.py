@@ -192,8 +192,22 @@ def add_d2ext_config(cfg):
     # otherwise 8: on a CPU, small batches keep the per-prompt image tokens cache-sized).
     cfg.MODEL.SAM_PROMPT.PROMPTS_PER_BATCH = 0
 
-    # "auto": CUDA if available, else Apple MPS, else CPU (d2ext.engine.resolve_device).
-    cfg.MODEL.DEVICE = "auto"
+    # The best device here: CUDA if available, else Apple MPS, else CPU. A concrete name, so
+    # that detectron2's own build_model / DefaultPredictor / DefaultTrainer take the config as
+    # it is; d2ext's tools also accept "auto" (d2ext.engine.resolve_device).
+    cfg.MODEL.DEVICE = default_device()
+
+
+def default_device():
+    """"cuda" if available, else Apple "mps", else "cpu"."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        # Ops without an MPS kernel need PYTORCH_ENABLE_MPS_FALLBACK=1 (see README).
+        return "mps"
+    return "cpu"
 
 
 def get_d2ext_cfg():

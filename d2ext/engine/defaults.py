@@ -3,25 +3,21 @@ import logging
 
 import torch
 
-from ..config import get_d2ext_cfg
+from ..config import default_device, get_d2ext_cfg
 from ..data.datasets import register_datasets_from_cfg
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_device(device):
-    """MODEL.DEVICE "auto" -> "cuda" if available, else Apple "mps", else "cpu"."""
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"MODEL.DEVICE={device!r} but CUDA is not available here; set "
-                               "MODEL.DEVICE auto (or cpu).")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        # Ops without an MPS kernel need PYTORCH_ENABLE_MPS_FALLBACK=1 (see README).
-        return "mps"
-    return "cpu"
+    """MODEL.DEVICE "auto" -> ``default_device()`` ("cuda", else Apple "mps", else "cpu");
+    a named device is checked for availability."""
+    if device == "auto":
+        return default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"MODEL.DEVICE={device!r} but CUDA is not available here; set "
+                           "MODEL.DEVICE auto (or cpu).")
+    return device
 
 
 def setup_cfg(config_file="", opts=(), coco_datasets=(), sem_seg_datasets=()):

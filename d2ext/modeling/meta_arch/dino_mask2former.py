@@ -116,6 +116,12 @@ class DinoMask2Former(nn.Module):
                 raise ValueError("DinoMask2Former in training mode needs 'instances' in every "
                                  "input (use d2ext's Mask2Former dataset mappers).")
             inst = x["instances"].to(self.device)
+            if not inst.has("gt_masks") and len(inst):
+                raise ValueError(
+                    f"{type(self).__name__} trains on masks, but the instances of "
+                    f"{x.get('file_name', 'an input')} have none: set MODEL.MASK_ON True "
+                    "(detectron2's DatasetMapper drops masks without it) or use "
+                    "INPUT.DATASET_MAPPER_NAME mask_former_instance_lsj.")
             masks = getattr(inst.gt_masks, "tensor", inst.gt_masks) if inst.has("gt_masks") \
                 else torch.zeros((0,) + tuple(inst.image_size), device=self.device)
             padded = torch.zeros((len(masks), h_pad, w_pad), dtype=torch.float32,
