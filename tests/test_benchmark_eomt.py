@@ -3,6 +3,8 @@ import importlib.util
 import json
 import os
 
+import torch
+
 from conftest import CONFIGS, REPO
 
 
@@ -38,3 +40,40 @@ def test_benchmark_bf16_and_compiled_rows(tmp_path, capsys):
     assert result["precision"] == "bf16" and result["compiled"] is True
     assert set(result["ms"]) == {"d2ext", "d2ext_e2e"} and all(v > 0 for v in result["ms"].values())
     assert "precision bf16, compiled" in capsys.readouterr().out
+
+
+def test_benchmark_training_step_and_equal_work_rows(tmp_path, capsys):
+    """--train times a real training step of d2ext and of transformers' Mask2Former head fed the
+    same pyramid maps; both update their weights."""
+    spec = importlib.util.spec_from_file_location(
+        "benchmark", os.path.join(REPO, "tools", "benchmark.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json = tmp_path / "bench.json"
+    bench.main(["--config-file", os.path.join(CONFIGS, "quickstart_mask2former.yaml"), "--peers",
+                "--train", "--size", "64", "--reps", "1", "--batch", "1", "--json",
+                str(out_json), "MODEL.DEVICE", "cpu", "DATASETS.TEST", "()"])
+    result = json.loads(out_json.read_text())
+    assert {"hf_m2f_head", "d2ext_train", "hf_m2f_head_train"} <= set(result["ms"])
+    printed = capsys.readouterr().out
+    assert "x hf_m2f_head," in printed or "x hf_m2f_head)" in printed
+    assert "x hf_m2f_head_train" in printed
+
+    from detectron2.modeling import build_model
+
+    from d2ext.engine import setup_cfg
+
+    cfg = setup_cfg(os.path.join(CONFIGS, "quickstart_mask2former.yaml"),
+                    ["MODEL.DEVICE", "cpu", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64"])
+    model = build_model(cfg).eval()
+    head = bench.hf_mask2former_head(cfg, "cpu")
+    steps = bench.training_steps(cfg, model, head, bench.synthetic_batch(1, 64, 4, "cpu"), "cpu")
+    ours = model.transformer_decoder.class_embed.weight.detach().clone()
+    theirs = head[0]["classes"].weight.detach().clone()
+    backbone = next(model.backbone.parameters()).detach().clone()
+    steps["d2ext_train"]()
+    assert not torch.equal(ours, model.transformer_decoder.class_embed.weight)
+    steps["hf_m2f_head_train"]()
+    assert not torch.equal(theirs, head[0]["classes"].weight)
+    assert not torch.equal(backbone, next(model.backbone.parameters()))
+    assert not model.training  # left in eval mode for the inference rows
