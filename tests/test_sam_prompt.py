@@ -58,8 +58,12 @@ def test_each_method_returns_consistent_instances_with_sorted_scores(modules, re
         assert set(instances.pred_classes.tolist()) <= {0, 1}
     else:
         assert (instances.pred_classes == 0).all() and model.class_names == ["object"]
-        expected = {"clustering": None, "attention": 6, "grid": 16}[method]
-        assert expected is None or len(prompts) == expected
+        if method == "clustering":  # one point and one box per connected region of a cluster
+            assert len(prompts) >= 2 and prompts.boxes.shape == (len(prompts), 4)
+            xy = prompts.points[:, 0]
+            assert ((prompts.boxes[:, :2] <= xy) & (xy <= prompts.boxes[:, 2:])).all()
+        else:
+            assert len(prompts) == {"attention": 6, "grid": 16}[method]
         assert (prompts.points >= 0).all() and (prompts.points[..., 0] < SIZE).all()
 
 
@@ -178,7 +182,10 @@ def test_prototype_dataset_without_masks_or_class_names_the_class():
     with pytest.raises(PrototypeError, match="'cat'.*sam_test_lacks_cat"):
         collect_references("sam_test_lacks_cat", shots=2)
     refs, names = collect_references("sam_test_lacks_cat", 2, class_names=["dog"])
-    assert names == ["dog"] and len(refs) == 1 and refs[0].load  # a restricted class list works
+    # A restricted class list works: the dog's mask becomes the one reference, class 0.
+    assert names == ["dog"] and len(refs) == 1
+    assert refs[0].class_index == 0 and (refs[0].height, refs[0].width) == (40, 40)
+    assert refs[0].segmentation == [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]
     with pytest.raises(PrototypeError, match="'horse'"):
         collect_references("sam_test_lacks_cat", 2, class_names=["horse"])
 
