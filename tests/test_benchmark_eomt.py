@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os
 
+import pytest
 import torch
 
 from conftest import CONFIGS, REPO
@@ -25,6 +26,7 @@ def test_benchmark_smoke(tmp_path, capsys):
     assert "x hf_eomt" in printed and "x floor" in printed and "images/s" in printed
 
 
+@pytest.mark.slow
 def test_benchmark_bf16_and_compiled_rows(tmp_path, capsys):
     """--precision and --compile apply to the model rows and are reported (a CPU compiles the
     tiny EoMT in about half a minute)."""

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO
 
 # Mask2Former's registrations in detectron2's shared registries (facebookresearch/Mask2Former).
@@ -16,6 +18,7 @@ MASK2FORMER_NAMES = {
 }
 
 
+@pytest.mark.slow
 def test_importing_d2ext_after_mask2former_names_are_registered():
     code = textwrap.dedent(f"""
         from detectron2 import modeling

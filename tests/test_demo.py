@@ -15,11 +15,13 @@ def image_dir(tiny_cfg, tmp_path):
     (folder / "sub").mkdir(parents=True)
     shutil.copy(records[0]["file_name"], folder / "a.png")
     shutil.copy(records[1]["file_name"], folder / "sub" / "b.png")
-    (folder / "sub" / "broken.png").write_bytes(open(records[0]["file_name"], "rb").read()[:300])
+    with open(records[0]["file_name"], "rb") as f:
+        (folder / "sub" / "broken.png").write_bytes(f.read()[:300])
     (folder / "notes.txt").write_text("not an image")
     return folder
 
 
+@pytest.mark.slow
 def test_demo_over_a_directory_skips_and_reports_bad_files(synthetic_root, image_dir, tmp_path):
     out = tmp_path / "drawn"
     result = run_tool("tools/demo.py", "--config-file", "configs/quickstart.yaml",
@@ -33,6 +35,7 @@ def test_demo_over_a_directory_skips_and_reports_bad_files(synthetic_root, image
     assert all(os.path.getsize(out / n) > 0 for n in os.listdir(out))
 
 
+@pytest.mark.slow
 def test_demo_single_file_to_file_succeeds(synthetic_root, image_dir, tmp_path):
     target = tmp_path / "result.jpg"
     result = run_tool("tools/demo.py", "--config-file", "configs/quickstart.yaml",

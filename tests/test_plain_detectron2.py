@@ -51,6 +51,7 @@ def test_detectron2_build_model_and_default_predictor(name):
     assert "instances" in out or "sem_seg" in out
 
 
+@pytest.mark.slow
 def test_detectron2_default_trainer_trains_a_d2ext_config(tmp_path):
     register_synthetic_shapes(str(tmp_path / "data"), num_train=4, num_val=2, image_size=96)
     cfg = plain_cfg("quickstart_mask2former.yaml", [

@@ -190,6 +190,7 @@ def test_prototype_dataset_without_masks_or_class_names_the_class():
         collect_references("sam_test_lacks_cat", 2, class_names=["horse"])
 
 
+@pytest.mark.slow
 def test_eval_only_with_coco_evaluator_returns_ap(synthetic_root, tmp_path):
     train_net = load_tool("train_net")
     args = train_net.argument_parser().parse_args([
@@ -205,6 +206,7 @@ def test_eval_only_with_coco_evaluator_returns_ap(synthetic_root, tmp_path):
     assert {"AP", "AP50", "AP75"} <= set(results["segm"]) and "AP" in results["bbox"]
 
 
+@pytest.mark.slow
 def test_demo_maps_method_and_segments_to_the_config(synthetic_root, tmp_path):
     demo = load_tool("demo")
     image = tmp_path / "scene.png"

@@ -130,6 +130,7 @@ def test_class_count_mismatch_is_reported(tmp_path):
         setup_cfg(QUICKSTART, tiny_opts(tmp_path) + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_reports_miou(tmp_path):
     """tools/train_net.py on the synthetic semantic dataset: falling loss, SemSegEvaluator's
     mIoU in metrics.json, and the training curves plotted afterwards."""
@@ -141,7 +142,8 @@ def test_training_lowers_loss_and_reports_miou(tmp_path):
          "SOLVER.BASE_LR", "0.01", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "40",
          "D2EXT.SAVE_DEMO_IMAGE", "False", "OUTPUT_DIR", str(out)])
     train_net.main(args)
-    records = [json.loads(line) for line in open(out / "metrics.json")]
+    with open(out / "metrics.json") as f:
+        records = [json.loads(line) for line in f]
     losses = [r["total_loss"] for r in records if "total_loss" in r]
     assert len(losses) >= 2 and losses[-1] < 0.9 * losses[0]
     (evaluation,) = [r for r in records if "sem_seg/mIoU" in r]

@@ -24,6 +24,7 @@ def read_metrics(output_dir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config, arch", [("dinov3_maskrcnn.yaml", "dinov3_tiny16"),
                                           ("dinov2_maskrcnn.yaml", "dinov2_tiny14")])
 def test_maskrcnn_iterations_have_finite_losses(synthetic_root, tmp_path, config, arch):
@@ -39,6 +40,7 @@ def test_maskrcnn_iterations_have_finite_losses(synthetic_root, tmp_path, config
     assert os.path.isfile(tmp_path / "model_final.pth")
 
 
+@pytest.mark.slow
 def test_resume_continues_at_saved_iteration_and_best_checkpoint_is_kept(synthetic_root, tmp_path):
     opts = tiny_opts(synthetic_root, tmp_path, max_iter=4) + [
         "TEST.EVAL_PERIOD", "2", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
@@ -62,6 +64,7 @@ def test_resume_continues_at_saved_iteration_and_best_checkpoint_is_kept(synthet
     assert resumed.iter == 6  # detectron2 leaves iter at max_iter after training
 
 
+@pytest.mark.slow
 def test_eval_only_on_a_coco_dataset_registered_from_the_command_line(synthetic_root, tmp_path,
                                                                      tiny_cfg):
     meta = MetadataCatalog.get("d2ext_synthetic_val")
@@ -79,6 +82,7 @@ def test_eval_only_on_a_coco_dataset_registered_from_the_command_line(synthetic_
     assert os.path.isfile(tmp_path / "inference" / "my_val" / "coco_instances_results.json")
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(synthetic_root, tmp_path):
     result = run_tool("tools/train_net.py", "--config-file", "configs/quickstart.yaml",
                       "--num-gpus", "2", *tiny_opts(synthetic_root, tmp_path, max_iter=2))
