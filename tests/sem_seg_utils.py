@@ -1,4 +1,4 @@
-"""Helpers shared by the semantic segmentation, plot and video tests (issue 6)."""
+"""Helpers shared by the semantic segmentation, plot and video tests."""
 import importlib.util
 import os
 

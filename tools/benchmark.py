@@ -17,7 +17,7 @@ Rows:
                DefaultPredictor: resize, model, post-processing)
   parts        per-part times of one pass (hooks on the model's parts; nothing re-implemented)
 With --peers, the same shape (the config's ViT: width, blocks, heads, MLP; patch 16, 4
-registers; the config's queries and classes) in transformers, as ../shared/bench/peers.py does:
+registers; the config's queries and classes) in transformers:
   floor        the bare DINOv3 ViT: no head can run faster
   hf_eomt      EomtDinov3ForUniversalSegmentation, masked attention off
   hf_m2f       Mask2FormerForUniversalSegmentation with a DINOv3 backbone (masks at 1/16)

@@ -133,7 +133,7 @@ def run_images(predictor, metadata, files, args):
     return failed
 
 
-# --- video and webcam (issue 6) ---
+# --- video and webcam ---
 def draw_video_frame(visualizer, frame, outputs, confidence_threshold):
     """Draw ``outputs`` on a BGR frame with detectron2's VideoVisualizer, which keeps each
     instance's colour from frame to frame; returns a BGR frame of the input's size."""

@@ -1,3 +1,3 @@
 from . import datasets  # noqa: F401  (registers the built-in datasets)
 from .image_io import read_image_any
-from . import dataset_mappers  # noqa: F401,E402  (Mask2Former-style mappers, issue 3)
+from . import dataset_mappers  # noqa: F401,E402  (Mask2Former-style mappers)

@@ -76,7 +76,7 @@ class Trainer(DefaultTrainer):
         raise NotImplementedError(f"dataset {dataset_name!r}: no evaluator for "
                                   f"evaluator_type {kind!r}")
 
-    # --- Mask2Former-style mappers (issue 3): INPUT.DATASET_MAPPER_NAME picks the mapper ---
+    # INPUT.DATASET_MAPPER_NAME picks the mapper (Mask2Former-style LSJ mappers or detectron2's).
     @classmethod
     def build_train_loader(cls, cfg):
         from detectron2.data import build_detection_train_loader

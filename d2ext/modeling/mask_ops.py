@@ -10,8 +10,8 @@ def mask_boxes(masks):
         return boxes
     h, w = masks.shape[-2:]
     for axis, size, (lo, hi) in ((1, w, (0, 2)), (2, h, (1, 3))):
-        # (N, size): does a column (row) hold a pixel? amax of the bytes, ~30x faster than
-        # any() on bool tensors on CPU.
+        # (N, size): does a column (row) hold a pixel? amax over the bytes: reductions over
+        # bool tensors are far slower on CPU.
         hit = masks.view(torch.uint8).amax(axis)
         nonempty = hit.bool().any(1)
         first = hit.argmax(1)

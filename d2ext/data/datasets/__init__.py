@@ -2,7 +2,7 @@ from detectron2.data import MetadataCatalog
 
 from .coco_instances import DatasetError, load_coco_instances, register_coco_dataset
 from .synthetic_shapes import SYNTHETIC_CLASSES, register_synthetic_shapes
-# issue 6: semantic datasets
+# Semantic segmentation datasets.
 from .sem_seg_folders import load_sem_seg_folders, register_sem_seg_dataset
 from .synthetic_sem_seg import register_synthetic_sem_seg
 
@@ -16,7 +16,7 @@ def register_datasets_from_cfg(cfg):
             raise DatasetError(f"DATASETS.COCO_INSTANCES entry {entry!r}: expected "
                                "[name, json_file, image_root].")
         register_coco_dataset(*entry)
-    _register_sem_seg_from_cfg(cfg)  # issue 6
+    _register_sem_seg_from_cfg(cfg)
 
 
 def _register_sem_seg_from_cfg(cfg):
@@ -42,4 +42,4 @@ def _register_sem_seg_from_cfg(cfg):
 
 
 register_synthetic_shapes()  # default sizes, so the names exist as soon as d2ext is imported
-register_synthetic_sem_seg()  # issue 6
+register_synthetic_sem_seg()

@@ -316,7 +316,7 @@ class EoMT(nn.Module):
         queries = tokens[:, : self.num_queries]
         patches = tokens[:, self.num_queries + self.num_prefix_tokens:]
         # (N, C, h, w) in channels-last memory: a view of the tokens, no copy; the upscaler's
-        # convolutions and channel LayerNorms then run without layout conversions (CPU: ~8%).
+        # convolutions and channel LayerNorms then run without layout conversions.
         patches = patches.reshape(tokens.shape[0], *grid, -1).permute(0, 3, 1, 2)
         masks = self.upscale_block(patches, self.mask_head(queries))
         return masks, self.class_predictor(queries)
