@@ -51,71 +51,22 @@ class ScaleLayer(nn.Module):
     def forward(self, x):
         return self.layernorm2d(self.conv2(self.activation(self.conv1(x))))
 
-    def mask_logits_in_bands(self, x, mask_embed, band_rows=8):
-        """``einsum("bqc,bchw->bqhw", mask_embed, self(x))`` without ever holding ``self(x)``
-        whole: ``band_rows`` rows of x at a time are upscaled, and each band of output rows is
-        convolved (its neighbour rows come from the bands around it, zeros at the image's
-        edges, as the convolution's own padding), normalised and multiplied by the mask
-        embeddings (N, Q, C) into its rows of the (N, Q, 2h, 2w) result.
-
-        The same operations on the same numbers as the plain path; for inference on CPU, where
-        each full-size map (39 MB per 640x640 image at C = 384) is a fresh, page-faulting
-        allocation and leaves the cache, while a band is reused from the heap and stays in
-        cache: the upscaler and mask product take about a third less time. No autograd
-        (``out=``).
-        """
-        n, c, h, w = x.shape
-        out = x.new_empty(n, mask_embed.shape[1], 2 * h, 2 * w)
-        zeros = x.new_zeros(1, c, 1, 2 * w).contiguous(memory_format=torch.channels_last)
-        for i in range(n):
-            done, above, pending = 0, zeros, None
-            for top in range(0, h, band_rows):
-                band = self.activation(self.conv1(x[i:i + 1, :, top:top + band_rows]))
-                if pending is not None:
-                    rows = torch.cat([above, pending, band[:, :, :1]], dim=2)
-                    done = self._band_mask_logits(rows, mask_embed[i], out[i], done)
-                    above = pending[:, :, -1:]
-                pending = band
-            self._band_mask_logits(torch.cat([above, pending, zeros], dim=2), mask_embed[i],
-                                   out[i], done)
-        return out
-
-    def _band_mask_logits(self, rows, mask_embed, out, start):
-        """Activated upscaled rows (1, C, r + 2, W) with one neighbour row above and below ->
-        mask logits of the r middle rows written to ``out[:, start:start + r]``; returns
-        ``start + r``."""
-        y = F.conv2d(rows, self.conv2.weight, self.conv2.bias, padding=(0, 1),
-                     groups=self.conv2.groups)
-        norm = self.layernorm2d
-        y = F.layer_norm(y.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias,
-                         norm.eps)
-        r = y.shape[1]
-        torch.mm(mask_embed, y.reshape(-1, y.shape[-1]).t(),
-                 out=out[:, start:start + r].view(out.shape[0], -1))
-        return start + r
-
 
 class ScaleBlock(nn.Module):
     """``num_layers`` ScaleLayers: (N, C, h, w) -> (N, C, h * 2**num_layers, w * 2**num_layers).
 
     With ``mask_embed`` (N, Q, C), returns the mask logits ``einsum("bqc,bchw->bqhw",
-    mask_embed, upscaled)`` instead; on CPU without autograd the last layer computes them band
-    by band (``ScaleLayer.mask_logits_in_bands``), never holding the full-resolution map."""
+    mask_embed, upscaled)`` instead."""
 
     def __init__(self, dim, num_layers, activation):
         super().__init__()
         self.block = nn.ModuleList([ScaleLayer(dim, activation) for _ in range(num_layers)])
 
     def forward(self, x, mask_embed=None):
-        banded = mask_embed is not None and len(self.block) > 0 and x.device.type == "cpu" \
-            and not torch.is_grad_enabled()
-        layers = list(self.block)
-        for layer in layers[:-1] if banded else layers:
+        for layer in self.block:
             x = layer(x)
         if mask_embed is None:
             return x
-        if banded:
-            return layers[-1].mask_logits_in_bands(x, mask_embed)
         return torch.einsum("bqc,bchw->bqhw", mask_embed, x)
 
 
