@@ -165,8 +165,7 @@ class DinoSamPrompt(nn.Module):
         scale = torch.tensor([sam_size[1] / width, sam_size[0] / height], device=self.device)
         boxes = None if prompts.boxes is None else prompts.boxes * scale.repeat(2)
         # 0 = by device: on a CPU small batches keep each batch's (B, 4096, 256) image tokens
-        # in cache-sized memory (measured: 8 prompts per batch fastest, 64 ~2x slower); a GPU
-        # wants many.
+        # in cache-sized memory; a GPU wants many.
         batch = self.prompts_per_batch or (64 if self.device.type == "cuda" else 8)
         logits, iou = decode_prompts(self.sam, embedding, prompts.points * scale, prompts.labels,
                                      boxes, batch, image_size=sam_size)

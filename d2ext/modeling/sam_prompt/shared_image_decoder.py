@@ -12,14 +12,12 @@ of the budget. Here:
   prompt has ~7 tokens against 4096 image tokens; the positional encoding's share of those
   scores comes from its own projection, made once per image, so ``image + pe`` is never
   formed per prompt;
-- the prompts' own image tokens live in one buffer per image, updated and normalised in place
-  (over bands of tokens on a CPU);
+- the prompts' own image tokens live in one buffer per image, updated and normalised in place;
 - the final attention treats each token on its own, so it runs only for the tokens read after
   it (the IoU token and the candidate mask tokens: 4 of ~7 for a point prompt);
 - the upscaling convolutions read the image tokens in channels-last layout (no transpose copy),
   and SAM's LayerNorm2d (six passes over the upscaled maps) becomes one fused layer norm over
-  that layout's last axis; the activations run in place; on a CPU it runs over bands of grid
-  rows, so the full-resolution maps are never allocated whole;
+  that layout's last axis; the activations run in place;
 - only each prompt's chosen mask is drawn, over the grid cells that cover the image.
 """
 import math
@@ -27,12 +25,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# On a CPU, per-prompt maps are processed in bands of about this size, so no large tensor is
-# allocated per prompt batch (fresh ones page-fault on every call) and each band stays in cache.
-_TOKEN_BAND_BYTES = 2 << 20  # image tokens (see _image_to_token)
-_BAND_BYTES = 8 << 20  # upscaled maps (see _mask_logits)
-
 
 def _heads(attn):
     return attn.num_heads, attn.internal_dim // attn.num_heads
@@ -99,9 +91,7 @@ def _image_to_token(attn, norm, image, pe, k_tokens, v_tokens, cache, shared, ou
     The scores are laid out (B, H, T, N) so the softmax runs over T along a strided axis (a
     softmax over a last axis of T ~ 7 is ~10x slower on CPU), and the residual and the output
     bias are added by the final matrix product itself (each head's weights sum to 1, so the
-    bias, split over the heads, can ride on the values). Each image token's update is its own,
-    so on a CPU the update and the norm run over bands of tokens: the only (B, N, C) tensor is
-    ``out``, which the caller reuses, rather than fresh page-faulting ones per call."""
+    bias, split over the heads, can ride on the values)."""
     b, t, c = k_tokens.shape
     h, d = _heads(attn)
     # (B, H, T, d), with the scores' scale (on the few token rows rather than on the scores)
@@ -116,12 +106,7 @@ def _image_to_token(attn, norm, image, pe, k_tokens, v_tokens, cache, shared, ou
     weights = torch.softmax(scores, dim=2).reshape(b, h * t, -1).transpose(1, 2)  # (B, N, H*T)
     values = torch.einsum("bthd,chd->bhtc", v, attn.out_proj.weight.view(c, h, d))
     values = values.reshape(b, h * t, c) + attn.out_proj.bias / h
-    n = out.shape[1]
-    rows = n if out.device.type != "cpu" else max(1, _TOKEN_BAND_BYTES // (b * c * 4))
-    for start in range(0, n, rows):
-        band = slice(start, start + rows)
-        updated = torch.baddbmm(image[:, band].expand(b, -1, -1), weights[:, band], values)
-        out[:, band] = norm(updated)
+    out[:] = norm(torch.baddbmm(image.expand(b, -1, -1), weights, values))
     return out
 
 
@@ -189,21 +174,8 @@ def predict_masks_shared_image(decoder, image_embedding, image_pe, sparse, dense
 
 def _mask_logits(upscaling, grid, hyper_in):
     """``einsum("bc,bchw->bhw", hyper_in, upscaling(grid))``: each prompt's mask logits (B, 4gh,
-    4gw) from its image tokens (B, C, gh, gw) and hypernetwork output (B, c).
-
-    SAM's upscaling maps each grid cell to its own 4x4 output pixels (two 2x2, stride-2
-    transposed convolutions, per-pixel norms and activations), so on a CPU it runs over bands
-    of grid rows: the B x 32 x 4gh x 4gw map (67 MB for 8 prompts) is never allocated whole
-    (a fresh, page-faulting allocation each batch) and each band stays in cache. Same numbers
-    as one pass."""
-    b, _, gh, gw = grid.shape
-    rows = gh
-    if grid.device.type == "cpu":  # ~4 MB bands of the upscaled map
-        bytes_per_row = b * upscaling[3].out_channels * 16 * gw * 4  # 4 rows of 4gw floats
-        rows = max(1, _BAND_BYTES // bytes_per_row)
-    bands = [torch.einsum("bc,bchw->bhw", hyper_in, _upscale(upscaling, grid[:, :, r:r + rows]))
-             for r in range(0, gh, rows)]
-    return bands[0] if len(bands) == 1 else torch.cat(bands, dim=1)
+    4gw) from its image tokens (B, C, gh, gw) and hypernetwork output (B, c)."""
+    return torch.einsum("bc,bchw->bhw", hyper_in, _upscale(upscaling, grid))
 
 
 def _upscale(upscaling, x):
