@@ -55,7 +55,7 @@ def add_d2ext_config(cfg):
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
-    # --- Inference (d2ext/modeling/meta_arch/mask_former_inference.py; also used by EoMT) ---
+    # --- Inference (d2ext/modeling/postprocessing.py; also used by EoMT) ---
     cfg.MODEL.MASK_FORMER.TEST = CN()
     cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = True
@@ -159,7 +159,7 @@ def add_d2ext_config(cfg):
     # Written after training (tools/train_net.py): one val image with its predictions.
     cfg.D2EXT.SAVE_DEMO_IMAGE = True
 
-    # --- SAM-prompt meta-architecture (d2ext/modeling/sam_prompt/, META_ARCHITECTURE
+    # --- SAM-prompt meta-architecture (d2ext/modeling/meta_arch/dino_sam_prompt.py, META_ARCHITECTURE
     # "DinoSamPrompt"): DINO features choose prompts, SAM draws masks; nothing is trained ---
     cfg.MODEL.SAM_PROMPT = CN()
     # segment-anything model type ("vit_b", "vit_l", "vit_h"; "tiny" for tests) and its official

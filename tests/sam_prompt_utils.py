@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from d2ext.modeling.backbone import DinoViTBackbone
-from d2ext.modeling.sam_prompt import DinoSamPrompt, build_tiny_sam
+from d2ext.modeling.meta_arch import DinoSamPrompt
+from d2ext.modeling.sam_prompt import build_tiny_sam
 from d2ext.modeling.sam_prompt.prototypes import Reference
 
 SIZE = 128

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 
 from d2ext.engine import setup_cfg
 from d2ext.modeling.meta_arch.eomt import mask_annealing_probs
-from d2ext.modeling.meta_arch.eomt_hf import EomtConversionError, convert_hf_eomt
+from d2ext.modeling.converters import EomtConversionError, convert_hf_eomt
 
 from conftest import CONFIGS, REPO
 

@@ -12,7 +12,7 @@ from transformers.models.mask2former.image_processing_mask2former import (
 from d2ext.modeling.converters import convert_hf_mask2former
 from d2ext.modeling.criterion import SetCriterion
 from d2ext.modeling.matcher import HungarianMatcher
-from d2ext.modeling.meta_arch.mask_former_inference import MaskFormerInference
+from d2ext.modeling.postprocessing import MaskFormerInference
 from d2ext.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 from d2ext.modeling.position_encoding import sine_position_embedding
 from d2ext.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder

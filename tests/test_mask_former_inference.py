@@ -14,8 +14,8 @@ from PIL import Image
 from torch.nn import functional as F
 
 from d2ext.engine import setup_cfg
-from d2ext.modeling.meta_arch.mask_former_inference import (MaskFormerInference,
-                                                        instance_inference, resize_mask_logits)
+from d2ext.modeling.postprocessing import (MaskFormerInference, instance_inference,
+                                           resize_mask_logits)
 
 from conftest import CONFIGS
 

@@ -16,8 +16,8 @@ from d2ext.data.datasets import register_synthetic_shapes
 from conftest import CONFIGS
 
 # The user configs that build offline with a tiny ViT of their family (no weights download).
-BUILDABLE = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, "*.yaml"))
-                   if "sam" not in os.path.basename(p) and not os.path.basename(p).startswith("Base"))
+NAMES = map(os.path.basename, glob.glob(os.path.join(CONFIGS, "*.yaml")))
+BUILDABLE = sorted(n for n in NAMES if "sam" not in n and not n.startswith("Base"))
 
 
 def plain_cfg(name, extra=()):

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from d2ext.modeling.backbone import DinoViTBackbone
-from d2ext.modeling.sam_prompt import DinoSamPrompt, build_sam_model
+from d2ext.modeling.meta_arch import DinoSamPrompt
+from d2ext.modeling.sam_prompt import build_sam_model
 
 
 def timed(module, log):

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from d2ext.modeling.meta_arch.eomt_hf import EomtConversionError, convert_hf_eomt  # noqa: E402
+from d2ext.modeling.converters import EomtConversionError, convert_hf_eomt  # noqa: E402
 
 
 def main(argv=None):

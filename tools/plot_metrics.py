@@ -8,7 +8,7 @@ losses, pixel accuracy (sem_seg/pACC), mIoU (sem_seg/mIoU), AP (bbox/AP, segm/AP
 import argparse
 import sys
 
-from d2ext.engine.metrics_plots import plot_metrics
+from d2ext.utils.metrics_plots import plot_metrics
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ from detectron2.utils import comm
 
 from d2ext.checkpoint import AtomicCheckpointer
 from d2ext.engine import Trainer, draw_predictions, load_predictor, setup_cfg
-from d2ext.engine.metrics_plots import plot_metrics
+from d2ext.utils.metrics_plots import plot_metrics
 from d2ext.engine.predictor import predictor_metadata
 
 logger = logging.getLogger("d2ext")

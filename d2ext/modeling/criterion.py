@@ -8,6 +8,8 @@ from detectron2.utils.comm import get_world_size
 from torch import nn
 from torch.nn import functional as F
 
+from .matcher import HungarianMatcher
+
 
 def dice_loss(logits, targets, num_masks):
     """Sum over masks of 1 - soft dice; logits, targets (M, P) -> scalar / num_masks."""
@@ -100,3 +102,16 @@ class SetCriterion(nn.Module):
             losses.update({f"{k}_{i}": v for k, v in self._losses(aux, targets,
                                                                    num_masks).items()})
         return losses
+
+
+def build_set_criterion(cfg):
+    """The SetCriterion (with its HungarianMatcher) of MODEL.MASK_FORMER's loss keys and
+    MODEL.SEM_SEG_HEAD.NUM_CLASSES, for the Mask2Former-style and EoMT heads alike."""
+    mf = cfg.MODEL.MASK_FORMER
+    matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT,
+                               num_points=mf.TRAIN_NUM_POINTS)
+    return SetCriterion(
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, matcher, class_weight=mf.CLASS_WEIGHT,
+        mask_weight=mf.MASK_WEIGHT, dice_weight=mf.DICE_WEIGHT, eos_coef=mf.NO_OBJECT_WEIGHT,
+        num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
+        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO)

@@ -1,2 +1,3 @@
 """Weight converters from other implementations' checkpoints to d2ext's modules."""
+from .eomt_hf import EomtConversionError, convert_hf_eomt
 from .mask2former_hf import convert_hf_mask2former

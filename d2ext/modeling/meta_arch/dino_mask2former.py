@@ -5,11 +5,10 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..criterion import SetCriterion
-from ..matcher import HungarianMatcher
+from ..criterion import build_set_criterion
 from ..pixel_decoder import PIXEL_DECODER_REGISTRY
 from ..transformer_decoder import TRANSFORMER_DECODER_REGISTRY
-from .mask_former_inference import MaskFormerInference
+from ..postprocessing import MaskFormerInference
 
 
 @META_ARCH_REGISTRY.register()
@@ -60,16 +59,9 @@ class DinoMask2Former(nn.Module):
         except KeyError as err:
             raise KeyError(f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME / MODEL.MASK_FORMER."
                            f"TRANSFORMER_DECODER_NAME: {err}") from None
-        matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT,
-                                   num_points=mf.TRAIN_NUM_POINTS)
-        criterion = SetCriterion(
-            head.NUM_CLASSES, matcher, class_weight=mf.CLASS_WEIGHT, mask_weight=mf.MASK_WEIGHT,
-            dice_weight=mf.DICE_WEIGHT, eos_coef=mf.NO_OBJECT_WEIGHT,
-            num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
-            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO)
         return {
             "backbone": backbone, "pixel_decoder": pixel_decoder,
-            "transformer_decoder": transformer_decoder, "criterion": criterion,
+            "transformer_decoder": transformer_decoder, "criterion": build_set_criterion(cfg),
             "postprocessor": MaskFormerInference(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": mf.SIZE_DIVISIBILITY or backbone.size_divisibility,

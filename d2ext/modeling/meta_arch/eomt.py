@@ -22,10 +22,9 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..backbone.dino_vit import DinoViTBackbone
-from ..criterion import SetCriterion
-from ..matcher import HungarianMatcher
+from ..criterion import build_set_criterion
 from .dino_mask2former import DinoMask2Former
-from .mask_former_inference import MaskFormerInference
+from ..postprocessing import MaskFormerInference
 
 __all__ = ["EoMT", "adapt_vit_for_eomt", "mask_annealing_probs"]
 
@@ -202,19 +201,13 @@ class EoMT(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        mf, e = cfg.MODEL.MASK_FORMER, cfg.MODEL.EOMT
-        matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT,
-                                   num_points=mf.TRAIN_NUM_POINTS)
-        criterion = SetCriterion(
-            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, matcher, class_weight=mf.CLASS_WEIGHT,
-            mask_weight=mf.MASK_WEIGHT, dice_weight=mf.DICE_WEIGHT, eos_coef=mf.NO_OBJECT_WEIGHT,
-            num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
-            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO)
+        e = cfg.MODEL.EOMT
         return {
             "backbone": build_backbone(cfg), "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "num_queries": e.NUM_QUERIES, "num_blocks": e.NUM_BLOCKS,
             "num_upscale_blocks": e.NUM_UPSCALE_BLOCKS, "patch_size": e.PATCH_SIZE,
-            "image_size": e.IMAGE_SIZE, "layer_norm_eps": e.LAYER_NORM_EPS, "criterion": criterion,
+            "image_size": e.IMAGE_SIZE, "layer_norm_eps": e.LAYER_NORM_EPS,
+            "criterion": build_set_criterion(cfg),
             "postprocessor": MaskFormerInference(cfg), "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD, "anneal_start_iters": e.ANNEAL_START_ITERS,
             "anneal_end_iters": e.ANNEAL_END_ITERS, "anneal_power": e.ANNEAL_POWER,
@@ -332,4 +325,3 @@ class EoMT(nn.Module):
             outputs = self.predict(images.tensor)
             return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
         return self.postprocess(self.predict(images.tensor), batched_inputs, images)
-

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 def _heads(attn):
     return attn.num_heads, attn.internal_dim // attn.num_heads
 

@@ -12,11 +12,13 @@ from torch import nn
 
 from ..backbone.dino_vit import DINO_STRIDE
 from ..mask_ops import mask_boxes, threshold_resized
-from .decoding import decode_prompts, mask_nms
-from .prompts import (PROMPT_METHODS, attention_prompts, capture_last_attention_input,
-                      clustering_prompts, cls_attention_saliency, grid_prompts, prototype_prompts)
-from .prototypes import average_prototypes, collect_references, mask_coverage, resize_reference
-from .sam_models import build_sam_model
+from ..sam_prompt.decoding import decode_prompts, mask_nms
+from ..sam_prompt.prompts import (PROMPT_METHODS, attention_prompts,
+                                  capture_last_attention_input, clustering_prompts,
+                                  cls_attention_saliency, grid_prompts, prototype_prompts)
+from ..sam_prompt.prototypes import (average_prototypes, collect_references, mask_coverage,
+                                     resize_reference)
+from ..sam_prompt.sam_models import build_sam_model
 
 
 @META_ARCH_REGISTRY.register()

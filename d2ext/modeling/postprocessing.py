@@ -22,7 +22,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from torch.nn import functional as F
 
-from ..mask_ops import mask_boxes
+from .mask_ops import mask_boxes
 
 
 def resize_mask_logits(mask_logits, padded_size, image_size, output_size):

@@ -1,0 +1,1 @@
+"""Helpers of the tools: metric plots, benchmark timing."""
