@@ -1,5 +1,5 @@
 """Helpers shared by the semantic segmentation, plot and video tests."""
-import importlib.util
+import importlib
 import os
 
 import cv2
@@ -9,12 +9,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_tool(name):
-    """Import tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}",
-                                                  os.path.join(REPO, "tools", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The package module behind tools/<name>.py (d2ext.cli.<name>)."""
+    return importlib.import_module(f"d2ext.cli.{name}")
 
 
 def write_video(path, num_frames, size=(80, 64), fps=7.0):

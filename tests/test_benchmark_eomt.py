@@ -1,19 +1,16 @@
 """tools/benchmark.py runs and reports every row (format only: timings are never asserted)."""
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO
+from d2ext.cli import benchmark as bench
+
+from conftest import CONFIGS
 
 
 def test_benchmark_smoke(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", os.path.join(REPO, "tools", "benchmark.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out_json = tmp_path / "bench.json"
     bench.main(["--config-file", os.path.join(CONFIGS, "quickstart_eomt.yaml"), "--peers",
                 "--size", "48", "--reps", "1", "--batch", "2", "--json", str(out_json),
@@ -30,10 +27,6 @@ def test_benchmark_smoke(tmp_path, capsys):
 def test_benchmark_bf16_and_compiled_rows(tmp_path, capsys):
     """--precision and --compile apply to the model rows and are reported (a CPU compiles the
     tiny EoMT in about half a minute)."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", os.path.join(REPO, "tools", "benchmark.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out_json = tmp_path / "bench.json"
     bench.main(["--config-file", os.path.join(CONFIGS, "quickstart_eomt.yaml"), "--size", "48",
                 "--reps", "1", "--batch", "1", "--precision", "bf16", "--compile", "--json",
@@ -47,10 +40,6 @@ def test_benchmark_bf16_and_compiled_rows(tmp_path, capsys):
 def test_benchmark_training_step_and_equal_work_rows(tmp_path, capsys):
     """--train times a real training step of d2ext and of transformers' Mask2Former head fed the
     same pyramid maps; both update their weights."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", os.path.join(REPO, "tools", "benchmark.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out_json = tmp_path / "bench.json"
     bench.main(["--config-file", os.path.join(CONFIGS, "quickstart_mask2former.yaml"), "--peers",
                 "--train", "--size", "64", "--reps", "1", "--batch", "1", "--json",

@@ -1,6 +1,5 @@
 """EoMT (encoder-only mode): parity with transformers through the converter, any input size,
 training, checkpoints."""
-import importlib.util
 import os
 
 import pytest
@@ -14,7 +13,7 @@ from d2ext.engine import setup_cfg
 from d2ext.modeling.meta_arch.eomt import mask_annealing_probs
 from d2ext.modeling.converters import EomtConversionError, convert_hf_eomt
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS
 
 SIZE = 64  # the square size the tiny transformers models are configured for
 TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, num_queries=6,
@@ -81,10 +80,8 @@ def test_parity_with_transformers(family, tmp_path):
 def test_converter_errors_say_what_to_do(tmp_path):
     with pytest.raises(EomtConversionError, match="save_pretrained"):
         convert_hf_eomt(str(tmp_path / "missing"), str(tmp_path / "out.pth"))
-    spec = importlib.util.spec_from_file_location(
-        "convert_hf_eomt", os.path.join(REPO, "tools", "convert_hf_eomt.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from d2ext.cli import convert_hf_eomt as tool
+
     with pytest.raises(SystemExit, match="hf download"):  # a message, not a traceback
         tool.main([str(tmp_path / "no-such-model"), str(tmp_path / "out.pth")])
 

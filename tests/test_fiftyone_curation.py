@@ -22,10 +22,9 @@ pytestmark = pytest.mark.slow  # starts MongoDB
 sys.path.insert(0, os.path.dirname(__file__))
 from fiftyone_curation_utils import SEGMENTATION_CLASSES, write_tiny_open_images  # noqa: E402
 
+from d2ext.cli import curate_fiftyone, train_net  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import curate_fiftyone  # noqa: E402
-import train_net  # noqa: E402
 
 
 # mongod (300 MB of journal here) outlives this process by a moment; a detached helper removes

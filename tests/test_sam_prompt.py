@@ -1,5 +1,5 @@
 """The SAM-prompt meta-architecture (DinoSamPrompt) on tiny random DINO + SAM models."""
-import importlib.util
+import importlib
 import os
 
 import pytest
@@ -13,7 +13,7 @@ from d2ext.modeling.sam_prompt import (PrototypeError, SamCheckpointError, build
 from d2ext.modeling.sam_prompt.prompts import Prompts, prototype_prompts
 from d2ext.modeling.sam_prompt.prototypes import collect_references
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS
 from sam_prompt_utils import (SIZE, as_input, tiny_model, tiny_modules, two_texture_scene,
                               write_reference)
 
@@ -29,10 +29,8 @@ def references(tmp_path_factory):
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The package module behind tools/<name>.py (d2ext.cli.<name>)."""
+    return importlib.import_module(f"d2ext.cli.{name}")
 
 
 @pytest.mark.parametrize("method", ["clustering", "attention", "prototypes", "grid"])

@@ -1,0 +1,1 @@
+"""The command-line tools (tools/*.py run these): train, demo, benchmarks, converters, curation."""

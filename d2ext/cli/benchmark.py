@@ -1,0 +1,326 @@
+"""Inference speed and memory of a d2ext config, optionally next to its peers in the same run.
+
+    python tools/benchmark.py --config-file configs/dinov3_eomt.yaml --peers [--size 640]
+        [--reps 7] [--batch 4] [--precision bf16] [--compile] [--json out.json] [KEY VALUE ...]
+
+Random weights (MODEL.WEIGHTS and MODEL.DINO.WEIGHTS are ignored), eval mode, under
+``torch.inference_mode``. Every row gets one warm-up pass, then --reps rounds in which each row
+runs once, in a new random order per round: a shared machine's slow spells hit all rows alike.
+The figure is the median over the rounds. EoMT runs in its trained state (masked attention off,
+as after annealing) unless --masked-attn.
+
+Rows:
+  d2ext        the model alone: normalised (1, 3, S, S) tensor -> class and mask logits
+  d2ext_bN     the same at batch N (images/s)
+  d2ext_e2e    end to end: an RGB uint8 S x S image -> ``Instances`` (detectron2's
+               DefaultPredictor: resize, model, post-processing)
+  parts        per-part times of one pass (hooks on the model's parts; nothing re-implemented)
+With --peers, the same shape (the config's ViT: width, blocks, heads, MLP; patch 16, 4
+registers; the config's queries and classes) in transformers:
+  floor        the bare DINOv3 ViT: no head can run faster
+  hf_eomt      EomtDinov3ForUniversalSegmentation, masked attention off
+  hf_m2f       Mask2FormerForUniversalSegmentation with a DINOv3 backbone (masks at 1/16)
+  hf_eomt_e2e  EomtImageProcessor + EoMT + post_process_instance_segmentation (EoMT configs)
+  hf_m2f_head  d2ext's backbone (the same p2..p5 maps) + transformers' Mask2FormerPixelDecoder,
+               Mask2FormerTransformerModule and class predictor at the config's head recipe:
+               equal work to d2ext's row (Mask2Former-style configs)
+--train adds one training step (forward, losses, backward, AdamW step) at --batch: d2ext_train
+(the whole model, d2ext's optimizer) and, with --peers, hf_m2f_head_train (the same backbone +
+transformers' head and Mask2FormerLoss).
+--precision runs every row, d2ext's and the peers', under ``torch.autocast`` (bf16 / fp16);
+--compile wraps every model-only row in ``torch.compile`` and warms each up twice (the end-to-end
+rows stay eager). FPS at 640x640 for ViT-S/B/L next to transformers' EoMT on a GPU, e.g.:
+    python tools/benchmark.py --config-file configs/dinov3_eomt.yaml --peers --precision bf16 \
+        --compile --batch 1 MODEL.DINO.ARCH dinov3_vitl16 MODEL.DEVICE cuda
+Peak memory: CUDA max_memory_allocated; CPU the peak resident-set growth during one pass
+(sampled every 2 ms). The machine may be shared: compare ratios from one run only.
+"""
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from ..utils.timing import (PRECISIONS, PartTimer, interleaved_medians, peak_memory_mb,
+                            with_precision)
+
+
+def model_parts(model):
+    """name -> submodule, name -> method for the per-part breakdown."""
+    modules, methods = {}, {}
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:
+        if hasattr(backbone, "net"):  # ViT + simple feature pyramid: split ViT and neck
+            modules["backbone (ViT)"] = backbone.net
+            modules["backbone + neck"] = backbone
+        elif not hasattr(model, "upscale_block"):
+            modules["backbone"] = backbone
+    for name, attr in (("pixel decoder", "pixel_decoder"),
+                       ("transformer decoder", "transformer_decoder"),
+                       ("upscaler + mask logits (EoMT)", "upscale_block"),
+                       ("mask head (EoMT)", "mask_head")):
+        if hasattr(model, attr):
+            modules[name] = getattr(model, attr)
+    if hasattr(model, "postprocess"):
+        methods["post-processing"] = "postprocess"
+    return modules, methods
+
+
+def model_only(model):
+    """A function of the normalised image tensor that runs the model without post-processing."""
+    if hasattr(model, "predict"):
+        return model.predict
+    if hasattr(model, "decode_queries"):
+        def run(x):
+            mask_features, multi_scale = model.decode_pixels(model.extract_features(x))
+            return model.decode_queries(multi_scale, mask_features)
+        return run
+    return lambda x: model([{"image": x[0] * 255, "height": x.shape[-2], "width": x.shape[-1]}])
+
+
+def build_d2ext(args):
+    from detectron2.modeling import build_model
+
+    from d2ext.engine import setup_cfg
+
+    cfg = setup_cfg(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DINO.WEIGHTS", "",
+                                       "INPUT.MIN_SIZE_TEST", args.size,
+                                       "INPUT.MAX_SIZE_TEST", args.size] + args.opts)
+    model = build_model(cfg).eval()
+    if hasattr(model, "attn_mask_probs") and not args.masked_attn:
+        model.attn_mask_probs.zero_()
+    return cfg, model
+
+
+def peers(cfg, args, x, device):
+    """name -> function running one of transformers' peers at the config's shape."""
+    from transformers import (DINOv3ViTConfig, DINOv3ViTModel, EomtDinov3Config,
+                              EomtDinov3ForUniversalSegmentation, Mask2FormerConfig,
+                              Mask2FormerForUniversalSegmentation)
+
+    from d2ext.modeling.backbone.dino_vit import DINO_ARCHS
+
+    arch = DINO_ARCHS[cfg.MODEL.DINO.ARCH]
+    shape = dict(hidden_size=arch.width, num_hidden_layers=arch.depth,
+                 num_attention_heads=arch.heads, intermediate_size=arch.mlp, patch_size=16,
+                 num_register_tokens=4, image_size=args.size)
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    queries = cfg.MODEL.EOMT.NUM_QUERIES if cfg.MODEL.META_ARCHITECTURE == "EoMT" else \
+        cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+    floor = DINOv3ViTModel(DINOv3ViTConfig(**shape)).eval().to(device)
+    rows = {"floor": lambda: floor(pixel_values=x)}
+    eomt = EomtDinov3ForUniversalSegmentation(EomtDinov3Config(
+        **shape, num_queries=queries, num_blocks=cfg.MODEL.EOMT.NUM_BLOCKS,
+        num_labels=num_classes)).eval().to(device)
+    eomt.attn_mask_probs.zero_()
+    rows["hf_eomt"] = lambda: eomt(pixel_values=x)
+    if cfg.MODEL.META_ARCHITECTURE == "EoMT":
+        from transformers import EomtImageProcessor
+
+        processor = EomtImageProcessor(size={"shortest_edge": args.size,
+                                             "longest_edge": args.size})
+        image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
+
+        def hf_pipeline():
+            inputs = processor(images=image, return_tensors="pt").to(device)
+            outputs = eomt(**inputs)
+            return processor.post_process_instance_segmentation(
+                outputs, target_sizes=[(args.size, args.size)])
+
+        rows["hf_eomt_e2e"] = hf_pipeline
+    depth = arch.depth
+    m2f = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(
+        backbone_config=DINOv3ViTConfig(**shape, out_indices=[depth // 4, depth // 2,
+                                                             3 * depth // 4, depth]),
+        num_labels=num_classes, num_queries=queries)).eval().to(device)
+    rows["hf_m2f"] = lambda: m2f(pixel_values=x)
+    return rows
+
+
+def hf_mask2former_head(cfg, device):
+    """transformers' Mask2Former pixel decoder + transformer module + class predictor + loss at
+    the config's head recipe (widths, layers, heads, queries, points), for the equal-work rows:
+    fed the same simple-feature-pyramid maps (p2..p5) as d2ext's head."""
+    from transformers import Mask2FormerConfig
+    from transformers.models.mask2former import modeling_mask2former as hf
+
+    head, mf = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER
+    config = Mask2FormerConfig(
+        feature_size=head.CONVS_DIM, mask_feature_size=head.MASK_DIM, hidden_dim=mf.HIDDEN_DIM,
+        num_attention_heads=mf.NHEADS, encoder_layers=head.TRANSFORMER_ENC_LAYERS,
+        encoder_feedforward_dim=head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
+        decoder_layers=mf.DEC_LAYERS, dim_feedforward=mf.DIM_FEEDFORWARD,
+        pre_norm=mf.PRE_NORM, num_queries=mf.NUM_OBJECT_QUERIES, num_labels=head.NUM_CLASSES,
+        train_num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
+        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO, class_weight=mf.CLASS_WEIGHT,
+        mask_weight=mf.MASK_WEIGHT, dice_weight=mf.DICE_WEIGHT, dropout=mf.DROPOUT,
+        backbone_config={"model_type": "resnet", "depths": [1, 1, 1, 1]})
+    modules = torch.nn.ModuleDict({
+        "pixel": hf.Mask2FormerPixelDecoder(config, [cfg.MODEL.FPN.OUT_CHANNELS] * 4),
+        "transformer": hf.Mask2FormerTransformerModule(head.CONVS_DIM, config),
+        "classes": torch.nn.Linear(mf.HIDDEN_DIM, head.NUM_CLASSES + 1)}).to(device)
+    torch.nn.init.normal_(modules["pixel"].level_embed)
+    weights = {"loss_cross_entropy": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT,
+               "loss_dice": mf.DICE_WEIGHT}
+    loss = hf.Mask2FormerLoss(config, weights).to(device)
+
+    def predict(features):
+        pix = modules["pixel"]([features[k] for k in ("p2", "p3", "p4", "p5")])
+        dec = modules["transformer"](list(pix.multi_scale_features), pix.mask_features,
+                                     output_hidden_states=True)
+        logits = [modules["classes"](h.transpose(0, 1)) for h in dec.intermediate_hidden_states]
+        return logits, dec.masks_queries_logits
+
+    def losses(features, targets):
+        logits, masks = predict(features)
+        out = loss(masks[-1], logits[-1], [t["masks"] for t in targets],
+                   [t["labels"] for t in targets],
+                   [{"masks_queries_logits": m, "class_queries_logits": c}
+                    for c, m in zip(logits[:-1], masks[:-1])])
+        return sum(v * next(w for k, w in weights.items() if k in key) for key, v in out.items())
+
+    return modules, predict, losses
+
+
+def synthetic_batch(batch, size, num_classes, device, seed=0):
+    """Training inputs: random images with 5 box-shaped instances each, as detectron2 dicts."""
+    from detectron2.structures import BitMasks, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for _ in range(batch):
+        masks = torch.zeros(5, size, size, dtype=torch.bool)
+        for m in masks:
+            y, x = torch.randint(0, size // 2, (2,), generator=g).tolist()
+            m[y: y + size // 3, x: x + size // 3] = True
+        inst = Instances((size, size), gt_classes=torch.randint(0, num_classes, (5,), generator=g),
+                         gt_masks=BitMasks(masks))
+        inputs.append({"image": torch.randint(0, 256, (3, size, size), generator=g).float(),
+                       "instances": inst})
+    return inputs
+
+
+def training_steps(cfg, model, hf_head, inputs, device):
+    """name -> one training step (forward, losses, backward, optimizer step): d2ext's whole
+    model, and with ``hf_head`` the same backbone + transformers' head and loss."""
+    from d2ext.solver import build_optimizer
+
+    optimizer = build_optimizer(cfg, model)
+
+    def step(loss_fn, opt):
+        with torch.inference_mode(False), torch.enable_grad():
+            model.train()
+            loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.eval()
+
+    rows = {"d2ext_train": lambda: step(lambda: sum(model(inputs).values()), optimizer)}
+    if hf_head is not None:
+        modules, _, hf_losses = hf_head
+        hf_opt = torch.optim.AdamW(list(model.backbone.parameters()) + list(modules.parameters()),
+                                   lr=cfg.SOLVER.BASE_LR)
+
+        def hf_loss():  # the same preprocessing and targets as d2ext's step
+            modules.train()
+            images = model.preprocess_image(inputs)
+            targets = model.prepare_targets(inputs, images)
+            return hf_losses(model.extract_features(images.tensor), targets)
+
+        rows["hf_m2f_head_train"] = lambda: step(hf_loss, hf_opt)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--peers", action="store_true", help="also time transformers' peers")
+    parser.add_argument("--size", type=int, default=640, help="square input side")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=4, help="batch for images/s (1: skip)")
+    parser.add_argument("--masked-attn", action="store_true",
+                        help="EoMT: keep masked attention on (start of training)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                        help="run every row under torch.autocast with this dtype (bf16 wants a "
+                        "GPU or a CPU with bf16 instructions)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model-only rows of d2ext and the peers alike "
+                        "(the end-to-end rows stay eager); compiling takes minutes on a CPU")
+    parser.add_argument("--train", action="store_true",
+                        help="also time one training step (forward, backward, optimizer) at "
+                        "--batch, d2ext's and (with --peers, Mask2Former-style configs) the "
+                        "same backbone with transformers' head and loss")
+    parser.add_argument("--json", default="", help="also write the results to this file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
+    args = parser.parse_args(argv)
+    from detectron2.engine import DefaultPredictor
+
+    torch.manual_seed(0)
+    cfg, model = build_d2ext(args)
+    device = cfg.MODEL.DEVICE
+    x = torch.rand(1, 3, args.size, args.size, device=device)
+    run = model_only(model)
+    fns, extra = {"d2ext": lambda: run(x)}, {}
+    extra["d2ext_peak_mem_mb"] = peak_memory_mb(
+        with_precision(lambda: run(x), device, args.precision), device)
+    if args.batch > 1:
+        xb = torch.rand(args.batch, 3, args.size, args.size, device=device)
+        fns[f"d2ext_b{args.batch}"] = lambda: run(xb)
+        extra[f"d2ext_b{args.batch}_peak_mem_mb"] = peak_memory_mb(
+            with_precision(lambda: run(xb), device, args.precision), device)
+    predictor = DefaultPredictor(cfg.clone())
+    predictor.model = model  # the same weights and state as the rows above
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
+    fns["d2ext_e2e"] = lambda: predictor(image)
+    hf_head = None
+    if args.peers:
+        fns.update(peers(cfg, args, x, device))
+        if hasattr(model, "decode_queries"):  # equal work: the same maps into transformers' head
+            hf_head = hf_mask2former_head(cfg, device)
+            hf_head[0].eval()
+            fns["hf_m2f_head"] = lambda: hf_head[1](model.extract_features(x))
+    if args.train:
+        inputs = synthetic_batch(args.batch, args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
+        fns.update(training_steps(cfg, model, hf_head, inputs, device))
+    if args.compile:
+        compiled = {name: torch.compile(fn) for name, fn in fns.items() if not name.endswith("e2e")}
+        fns.update(compiled)
+    fns = {name: with_precision(fn, device, args.precision) for name, fn in fns.items()}
+    rows = interleaved_medians(fns, args.reps, device, warmup=2 if args.compile else 1)
+    if args.batch > 1:
+        extra["images_per_s"] = 1000 * args.batch / rows[f"d2ext_b{args.batch}"]
+    modules, methods = model_parts(model)
+    timer = PartTimer(model, modules, methods)
+    with torch.inference_mode():
+        predictor(image)
+    timer.close()
+    extra["parts_ms"] = timer.times
+
+    print(f"config {args.config_file}, size {args.size}, reps {args.reps}, device {device}, "
+          f"threads {torch.get_num_threads()}, torch {torch.__version__}, precision "
+          f"{args.precision}{', compiled' if args.compile else ''}")
+    for name, ms in rows.items():
+        ratios = []
+        if "floor" in rows and not name.endswith("e2e"):
+            ratios.append(f"{ms / rows['floor']:.2f} x floor")
+        peer = "hf_eomt" if cfg.MODEL.META_ARCHITECTURE == "EoMT" else "hf_m2f"
+        if name == "d2ext":
+            ratios += [f"{ms / rows[p]:.2f} x {p}" for p in (peer, "hf_m2f_head") if p in rows]
+        if name == "d2ext_train" and "hf_m2f_head_train" in rows:
+            ratios.append(f"{ms / rows['hf_m2f_head_train']:.2f} x hf_m2f_head_train")
+        if name == "d2ext_e2e" and "hf_eomt_e2e" in rows:
+            ratios.append(f"{ms / rows['hf_eomt_e2e']:.2f} x hf_eomt_e2e")
+        print(f"{name}: {ms:.1f} ms" + (f"  ({', '.join(ratios)})" if ratios else ""))
+    if "images_per_s" in extra:
+        print(f"throughput at batch {args.batch}: {extra['images_per_s']:.2f} images/s")
+    print(f"peak memory, batch 1: {extra['d2ext_peak_mem_mb']:.0f} MiB"
+          + (f", batch {args.batch}: {extra[f'd2ext_b{args.batch}_peak_mem_mb']:.0f} MiB"
+             if args.batch > 1 else ""))
+    print("parts (one end-to-end pass): " + ", ".join(
+        f"{k} {v:.1f} ms" for k, v in extra["parts_ms"].items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config_file, "size": args.size, "device": device,
+                       "precision": args.precision, "compiled": args.compile, "ms": rows,
+                       **extra}, f, indent=1)

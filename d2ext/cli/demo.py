@@ -1,0 +1,286 @@
+"""Run a d2ext model on images or a video and draw its predictions with detectron2's Visualizer.
+
+  python tools/demo.py --config-file configs/quickstart.yaml --input img.jpg --output out.jpg \\
+      --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+  python tools/demo.py --config-file C --input 'photos/**/*.png' more/ --output drawn/
+  python tools/demo.py --config-file C --video-input clip.mp4 --output clip_drawn.mp4
+  python tools/demo.py --config-file C --webcam                    # window; q or Esc quits
+  python tools/demo.py --config-file C --webcam --output cam.mp4   # headless: to a file
+  python tools/demo.py --config-file configs/dinov3_sam.yaml --input img.jpg --output out.png \
+      --method clustering --num-segments 5       # zero-training SAM-prompt configs
+
+Inputs may be files, globs and directories (searched recursively). A file that cannot be read
+as an image is reported by name and skipped; the exit code is 1 if any input failed, else 0.
+"""
+import argparse
+import glob
+import logging
+import os
+
+import cv2
+import numpy as np
+import tqdm
+from detectron2.data.catalog import Metadata
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.video_visualizer import VideoVisualizer
+
+from d2ext.data.datasets.sem_seg_folders import stable_colors
+from d2ext.data.image_io import ImageReadError, read_image_any
+from d2ext.engine import draw_predictions, load_predictor, setup_cfg
+from d2ext.engine.predictor import predictor_metadata
+
+logger = logging.getLogger("d2ext.demo")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def argument_parser():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="configs/quickstart.yaml", metavar="FILE")
+    parser.add_argument("--input", nargs="+", default=[],
+                        help="image files, glob patterns or directories (recursive)")
+    parser.add_argument("--video-input", help="a video file")
+    parser.add_argument("--webcam", action="store_true",
+                        help="predict on the webcam (a window; with --output, a video file)")
+    parser.add_argument("--camera", type=int, default=0, help="camera index for --webcam")
+    parser.add_argument("--output", help="output file (one input) or directory; without it, "
+                                         "results are only counted and logged")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    # SAM-prompt configs (META_ARCHITECTURE DinoSamPrompt) only:
+    parser.add_argument("--method", choices=["clustering", "attention", "prototypes", "grid"],
+                        help="SAM-prompt configs: how prompts are chosen "
+                             "(MODEL.SAM_PROMPT.METHOD)")
+    parser.add_argument("--num-segments", type=int,
+                        help="SAM-prompt configs: clusters / attention points "
+                             "(MODEL.SAM_PROMPT.NUM_SEGMENTS)")
+    parser.add_argument("--reference", nargs=3, action="append", default=[],
+                        metavar=("IMAGE", "MASK", "CLASS"),
+                        help="SAM-prompt configs: a reference image, its mask image (non-zero = "
+                             "CLASS) and the class name, for --method prototypes (repeatable)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides as KEY VALUE pairs")
+    return parser
+
+
+def sam_prompt_opts(cfg, args):
+    """Config overrides for --method / --num-segments / --reference (SAM-prompt configs)."""
+    opts = []
+    if args.method:
+        opts += ["MODEL.SAM_PROMPT.METHOD", args.method]
+    if args.num_segments is not None:
+        opts += ["MODEL.SAM_PROMPT.NUM_SEGMENTS", args.num_segments]
+    if args.reference:
+        opts += ["MODEL.SAM_PROMPT.PROTOTYPE_REFERENCES", [list(r) for r in args.reference]]
+        if not args.method:
+            opts += ["MODEL.SAM_PROMPT.METHOD", "prototypes"]
+    if opts and cfg.MODEL.META_ARCHITECTURE != "DinoSamPrompt":
+        raise ValueError(f"--method, --num-segments and --reference apply to SAM-prompt configs "
+                         f"(MODEL.META_ARCHITECTURE DinoSamPrompt); {args.config_file} uses "
+                         f"{cfg.MODEL.META_ARCHITECTURE}")
+    return opts
+
+
+def expand_inputs(patterns):
+    """Files named by ``patterns`` (paths, globs, directories walked recursively), in order,
+    without duplicates; hidden files in directories are skipped. Unmatched patterns are
+    returned as they are, so they are reported as failures."""
+    files = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            for root, dirs, names in os.walk(pattern):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+        elif glob.has_magic(pattern):
+            files += sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        else:
+            files.append(pattern)
+    return list(dict.fromkeys(files))
+
+
+def output_path(output, path, many):
+    if output is None:
+        return None
+    if many or os.path.isdir(output) or not os.path.splitext(output)[1]:
+        os.makedirs(output, exist_ok=True)
+        return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    return output
+
+
+def run_images(predictor, metadata, files, args):
+    """Predict and draw every file; returns the number that failed."""
+    failed = 0
+    many = len(files) > 1
+    for path in tqdm.tqdm(files, desc="images", unit="img", disable=not many):
+        try:
+            image = read_image_any(path, format="BGR")
+        except ImageReadError as err:
+            logger.error(f"skipped {err}")
+            failed += 1
+            continue
+        outputs = predictor(image)
+        if "instances" in outputs:
+            kept = (outputs["instances"].scores >= args.confidence_threshold).sum().item()
+            logger.info(f"{path}: {kept} instances")
+        target = output_path(args.output, path, many)
+        if target:
+            drawn = draw_predictions(image, outputs, metadata, args.confidence_threshold)
+            if not cv2.imwrite(target, drawn[:, :, ::-1]):
+                logger.error(f"could not write {target}")
+                failed += 1
+    return failed
+
+
+# --- video and webcam ---
+def draw_video_frame(visualizer, frame, outputs, confidence_threshold):
+    """Draw ``outputs`` on a BGR frame with detectron2's VideoVisualizer, which keeps each
+    instance's colour from frame to frame; returns a BGR frame of the input's size."""
+    rgb = frame[:, :, ::-1]
+    if "panoptic_seg" in outputs:
+        panoptic, segments = outputs["panoptic_seg"]
+        vis = visualizer.draw_panoptic_seg_predictions(rgb, panoptic.to("cpu"), segments)
+    elif "instances" in outputs:
+        instances = outputs["instances"].to("cpu")
+        if instances.has("scores"):
+            instances = instances[instances.scores >= confidence_threshold]
+        vis = visualizer.draw_instance_predictions(rgb, instances)
+    elif "sem_seg" in outputs:
+        vis = visualizer.draw_sem_seg(rgb, outputs["sem_seg"].argmax(dim=0).to("cpu"))
+    else:
+        raise ValueError(f"nothing to draw in the model's outputs (keys: {sorted(outputs)})")
+    drawn = vis.get_image()[:, :, ::-1]
+    if drawn.shape[:2] != frame.shape[:2]:  # VideoWriter silently drops frames of another size
+        drawn = cv2.resize(drawn, (frame.shape[1], frame.shape[0]))
+    return np.ascontiguousarray(drawn)
+
+
+def open_video_writer(path, fps, width, height):
+    """A cv2.VideoWriter: Motion-JPEG for .avi, MPEG-4 part 2 otherwise (both built into
+    OpenCV's wheels)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fourcc = "MJPG" if path.lower().endswith(".avi") else "mp4v"
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV cannot write a {fourcc} video here; use a .mp4 or .avi "
+                      "output path in a writable folder.")
+    return writer
+
+
+def run_stream(predictor, metadata, capture, target, args, show=False, total=None):
+    """Predict on every frame of ``capture`` in order. Frames go to the video ``target`` (same
+    fps and size as the input) and/or a window (``show``; q or Esc stops). The progress bar's
+    rate is the end-to-end frames per second. A truncated stream, a camera that stops or
+    Ctrl-C end the run cleanly: the writer is closed, so every frame drawn so far is kept.
+    Returns the number of frames processed."""
+    # Random colours per frame would flicker: give classes without colours fixed ones.
+    if hasattr(metadata, "stuff_classes") and not hasattr(metadata, "stuff_colors"):
+        metadata.set(stuff_colors=stable_colors(len(metadata.stuff_classes)))
+    visualizer = VideoVisualizer(metadata)
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if 0 < fps < 1000 else 30.0  # cameras and broken headers may report 0 or junk
+    writer, frames = None, 0
+    try:
+        with tqdm.tqdm(total=total, desc="frames", unit="frame", dynamic_ncols=True) as bar:
+            while True:
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    break
+                outputs = predictor(frame)
+                if target or show:
+                    drawn = draw_video_frame(visualizer, frame, outputs, args.confidence_threshold)
+                if target:
+                    if writer is None:  # sized from the first decoded frame, not the header
+                        writer = open_video_writer(target, fps, frame.shape[1], frame.shape[0])
+                    writer.write(drawn)
+                frames += 1
+                bar.update(1)
+                if show:
+                    cv2.imshow("d2ext", drawn)
+                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                        break
+    except KeyboardInterrupt:
+        logger.info("interrupted")
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+        if show:
+            cv2.destroyAllWindows()
+    logger.info(f"{frames} frames processed" + (f", written to {target}" if target else ""))
+    return frames
+
+
+def video_output_path(output, source):
+    if output and (os.path.isdir(output) or not os.path.splitext(output)[1]):
+        return os.path.join(output, os.path.splitext(os.path.basename(source))[0] + ".mp4")
+    return output
+
+
+def run_video(predictor, metadata, args):
+    """Predict on ``args.video_input`` frame by frame into ``args.output``; returns 1 when the
+    file cannot be opened as a video, else 0."""
+    capture = cv2.VideoCapture(args.video_input)
+    if not capture.isOpened():
+        logger.error(f"{args.video_input}: cannot be opened as a video")
+        return 1
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    run_stream(predictor, metadata, capture, video_output_path(args.output, args.video_input),
+               args, total=total if total > 0 else None)
+    return 0
+
+
+def gui_available():
+    try:
+        cv2.namedWindow("d2ext")
+        return True
+    except cv2.error:  # opencv-python-headless has no GUI
+        return False
+
+
+def run_webcam(predictor, metadata, args):
+    """Camera ``args.camera`` into ``args.output`` if given, else into a window (needs an
+    OpenCV with GUI). Returns 1 when the camera cannot be opened, else 0."""
+    capture = cv2.VideoCapture(args.camera)
+    if not capture.isOpened():
+        logger.error(f"camera {args.camera} cannot be opened (is a webcam connected and free?)")
+        return 1
+    target = video_output_path(args.output, "webcam") if args.output else None
+    run_stream(predictor, metadata, capture, target, args, show=not args.output)
+    return 0
+# --- end of video and webcam ---
+
+
+def main(argv=None):
+    args = argument_parser().parse_args(argv)
+    setup_logger(name="d2ext")
+    setup_logger(name="detectron2")
+    if not args.input and not args.video_input and not args.webcam:
+        logger.error("nothing to do: give --input, --video-input or --webcam")
+        return 2
+    if args.webcam and not args.output and not gui_available():  # before loading the model
+        logger.error("this OpenCV has no GUI (opencv-python-headless): give --output to write "
+                     "the webcam video to a file, or install opencv-python")
+        return 2
+    cfg = setup_cfg(args.config_file, args.opts)
+    try:
+        cfg.merge_from_list(sam_prompt_opts(cfg, args))
+    except ValueError as err:
+        logger.error(str(err))
+        return 2
+    predictor = load_predictor(cfg)
+    metadata = predictor_metadata(cfg)
+    if getattr(predictor.model, "class_names", None):  # SAM-prompt models name their classes
+        metadata = Metadata(name="d2ext_demo", thing_classes=list(predictor.model.class_names))
+    failed = 0
+    if args.input:
+        files = expand_inputs(args.input)
+        if not files:
+            logger.error(f"no files match {args.input}")
+            return 1
+        failed += run_images(predictor, metadata, files, args)
+        logger.info(f"{len(files) - failed} of {len(files)} images done, {failed} failed")
+    if args.video_input:
+        failed += run_video(predictor, metadata, args)
+    if args.webcam:
+        failed += run_webcam(predictor, metadata, args)
+    return 1 if failed else 0

@@ -1,0 +1,26 @@
+"""Plot a training run's curves from OUTPUT_DIR/metrics.json into OUTPUT_DIR/plots/*.png:
+losses, pixel accuracy (sem_seg/pACC), mIoU (sem_seg/mIoU), AP (bbox/AP, segm/AP).
+
+  python tools/plot_metrics.py output/quickstart_semseg
+  python tools/plot_metrics.py output/quickstart --plot-dir curves/
+"""
+import argparse
+import sys
+
+from d2ext.utils.metrics_plots import plot_metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="a training run's OUTPUT_DIR")
+    parser.add_argument("--plot-dir", help="where to write the PNGs (default OUTPUT_DIR/plots)")
+    args = parser.parse_args(argv)
+    try:
+        written = plot_metrics(args.output_dir, args.plot_dir)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0 if written else 1
