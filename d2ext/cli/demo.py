@@ -16,6 +16,7 @@ import argparse
 import glob
 import logging
 import os
+from functools import partial
 
 import cv2
 import numpy as np
@@ -27,7 +28,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from d2ext.data.datasets.sem_seg_folders import stable_colors
 from d2ext.data.image_io import ImageReadError, read_image_any
 from d2ext.engine import draw_predictions, load_predictor, setup_cfg
-from d2ext.engine.predictor import predictor_metadata
+from d2ext.engine.predictor import draw_outputs, predictor_metadata
 
 logger = logging.getLogger("d2ext.demo")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -136,18 +137,9 @@ def draw_video_frame(visualizer, frame, outputs, confidence_threshold):
     """Draw ``outputs`` on a BGR frame with detectron2's VideoVisualizer, which keeps each
     instance's colour from frame to frame; returns a BGR frame of the input's size."""
     rgb = frame[:, :, ::-1]
-    if "panoptic_seg" in outputs:
-        panoptic, segments = outputs["panoptic_seg"]
-        vis = visualizer.draw_panoptic_seg_predictions(rgb, panoptic.to("cpu"), segments)
-    elif "instances" in outputs:
-        instances = outputs["instances"].to("cpu")
-        if instances.has("scores"):
-            instances = instances[instances.scores >= confidence_threshold]
-        vis = visualizer.draw_instance_predictions(rgb, instances)
-    elif "sem_seg" in outputs:
-        vis = visualizer.draw_sem_seg(rgb, outputs["sem_seg"].argmax(dim=0).to("cpu"))
-    else:
-        raise ValueError(f"nothing to draw in the model's outputs (keys: {sorted(outputs)})")
+    vis = draw_outputs(outputs, partial(visualizer.draw_panoptic_seg_predictions, rgb),
+                       partial(visualizer.draw_instance_predictions, rgb),
+                       partial(visualizer.draw_sem_seg, rgb), confidence_threshold)
     drawn = vis.get_image()[:, :, ::-1]
     if drawn.shape[:2] != frame.shape[:2]:  # VideoWriter silently drops frames of another size
         drawn = cv2.resize(drawn, (frame.shape[1], frame.shape[0]))

@@ -22,19 +22,26 @@ def predictor_metadata(cfg):
     return MetadataCatalog.get(names[0] if names else "__unused")
 
 
-def draw_predictions(image_bgr, outputs, metadata, confidence_threshold=0.5):
-    """Draw ``outputs`` (instances, sem_seg or panoptic_seg) on the image; returns RGB uint8."""
-    visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+def draw_outputs(outputs, draw_panoptic, draw_instances, draw_sem_seg, confidence_threshold=0.5):
+    """Draw ``outputs`` with the one of three drawing functions that fits them (panoptic
+    segments, instances scoring at least ``confidence_threshold``, or the semantic argmax), as
+    detectron2's Visualizer and VideoVisualizer name them; returns the drawing's VisImage."""
     if "panoptic_seg" in outputs:
         panoptic, segments = outputs["panoptic_seg"]
-        vis = visualizer.draw_panoptic_seg(panoptic.to("cpu"), segments)
-    elif "instances" in outputs:
+        return draw_panoptic(panoptic.to("cpu"), segments)
+    if "instances" in outputs:
         instances = outputs["instances"].to("cpu")
         if instances.has("scores"):
             instances = instances[instances.scores >= confidence_threshold]
-        vis = visualizer.draw_instance_predictions(instances)
-    elif "sem_seg" in outputs:
-        vis = visualizer.draw_sem_seg(outputs["sem_seg"].argmax(dim=0).to("cpu"))
-    else:
-        raise ValueError(f"nothing to draw in the model's outputs (keys: {sorted(outputs)})")
-    return vis.get_image()
+        return draw_instances(instances)
+    if "sem_seg" in outputs:
+        return draw_sem_seg(outputs["sem_seg"].argmax(dim=0).to("cpu"))
+    raise ValueError(f"nothing to draw in the model's outputs (keys: {sorted(outputs)})")
+
+
+def draw_predictions(image_bgr, outputs, metadata, confidence_threshold=0.5):
+    """Draw ``outputs`` (instances, sem_seg or panoptic_seg) on the image; returns RGB uint8."""
+    visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    return draw_outputs(outputs, visualizer.draw_panoptic_seg,
+                        visualizer.draw_instance_predictions, visualizer.draw_sem_seg,
+                        confidence_threshold).get_image()
