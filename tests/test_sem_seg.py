@@ -163,3 +163,20 @@ def test_palette_masks_are_refused_with_the_fix(tmp_path):
     setup_cfg(QUICKSTART, tiny_opts(tmp_path), sem_seg_datasets=[(name, images, masks)])
     with pytest.raises(DatasetError, match=r"a\.png has mode 'P'"):
         DatasetCatalog.get(name)
+
+
+def test_one_pass_resampling_equals_two_passes_at_ade20k_shape():
+    """At ADE20K's shape (150 classes; a 490 x 640 input padded to 496 x 640, logits at stride
+    16, shown at 375 x 500), the upsampling, crop and resize folded into two matrices equal
+    detectron2's F.interpolate + sem_seg_postprocess."""
+    from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+    from d2ext.modeling.meta_arch.dino_semantic_segmentor import resample_logits
+
+    logits = torch.randn(150, 31, 40)  # a 490 x 640 input padded to 496 x 640
+    image_size, out_size = (490, 640), (375, 500)
+    got = resample_logits(logits, 16, image_size, out_size)
+    up = F.interpolate(logits[None], size=(496, 640), mode="bilinear", align_corners=False)[0]
+    expected = sem_seg_postprocess(up, image_size, *out_size)
+    assert got.shape == expected.shape == (150, *out_size)
+    assert (got - expected).abs().max() < 1e-4

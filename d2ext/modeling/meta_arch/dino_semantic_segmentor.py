@@ -51,6 +51,4 @@ def resample_logits(logits, stride, image_size, out_size):
         matrices.append((bilinear_matrix(size, out, logits.device) @ upsample).to(logits.dtype))
     rows, cols = matrices
     # Columns first: the small (K, h, W) product, then one pass writes the (K, H, W) logits.
-    # Writing them is the cost left: at 150 x 640 x 640 floats, mapping the 245 MB of fresh
-    # memory alone takes about as long as the products (CPU, tools/benchmark_semseg.py).
     return rows @ (logits @ cols.T)
