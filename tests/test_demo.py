@@ -2,6 +2,7 @@ import os
 import shutil
 
 import pytest
+import torch
 from detectron2.data import DatasetCatalog
 
 from conftest import run_tool, tiny_opts
@@ -31,8 +32,29 @@ def test_demo_over_a_directory_skips_and_reports_bad_files(synthetic_root, image
     assert result.returncode == 1, log[-2000:]  # some inputs failed
     assert "broken.png" in log and "notes.txt" in log
     assert "2 of 4 images done, 2 failed" in log
-    assert sorted(os.listdir(out)) == ["a.png", "b.png"]
-    assert all(os.path.getsize(out / n) > 0 for n in os.listdir(out))
+    summary = log[log.index("2 of 4 images done"):]
+    assert "broken.png" in summary and "notes.txt" in summary  # every failed file named
+    # The input tree is mirrored under --output, each drawing named after its whole input name.
+    assert sorted(os.listdir(out)) == ["a.png.png", "sub"]
+    assert os.listdir(out / "sub") == ["b.png.png"]
+    assert (out / "a.png.png").stat().st_size > 0 and (out / "sub" / "b.png.png").stat().st_size
+
+
+def test_output_paths_never_collide_or_replace_an_input(tmp_path):
+    from d2ext.cli.demo import output_paths
+
+    for name in ("a/x.jpg", "a/x.png", "b/x.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    files = [str(tmp_path / n) for n in ("a/x.jpg", "a/x.png", "b/x.jpg")]
+    targets = output_paths(str(tmp_path / "out"), files)
+    assert len(set(targets.values())) == 3
+    assert targets[files[0]] == str(tmp_path / "out" / "a" / "x.jpg.png")
+    # --output the input folder: drawings go beside the inputs, never over them ...
+    beside = output_paths(str(tmp_path / "a"), [str(tmp_path / "a" / "x.jpg")])
+    assert beside[str(tmp_path / "a" / "x.jpg")] == str(tmp_path / "a" / "x.jpg.png")
+    # ... and an output file that is the input itself is refused (None: reported, skipped).
+    assert output_paths(files[1], [files[1]]) == {files[1]: None}
 
 
 @pytest.mark.slow
@@ -44,3 +66,29 @@ def test_demo_single_file_to_file_succeeds(synthetic_root, image_dir, tmp_path):
                       *tiny_opts(synthetic_root, tmp_path / "unused"))
     assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
     assert target.stat().st_size > 0
+
+
+def test_a_failing_prediction_is_named_and_the_run_goes_on(image_dir, tmp_path, caplog):
+    import argparse
+
+    import numpy as np
+    from detectron2.data.catalog import Metadata
+
+    from d2ext.cli.demo import run_images
+
+    def predictor(image):
+        if image.shape[0] == 7:
+            raise RuntimeError("Output size is too small\nmore detail")
+        return {"sem_seg": torch.zeros(2, *image.shape[:2])}
+
+    from PIL import Image
+    Image.fromarray(np.zeros((7, 9, 3), np.uint8)).save(tmp_path / "thin.png")
+    files = [str(tmp_path / "thin.png"), str(image_dir / "a.png")]
+    args = argparse.Namespace(output=str(tmp_path / "out"), confidence_threshold=0.5,
+                              debug=False)
+    with caplog.at_level("ERROR", logger="d2ext"):
+        failed = run_images(predictor, Metadata(name="t", stuff_classes=["a", "b"]), files, args)
+    assert failed == [files[0]]
+    assert "thin.png: RuntimeError: Output size is too small" in caplog.text
+    assert "more detail" not in caplog.text  # one line per failure
+    assert os.path.isfile(tmp_path / "out" / "inputs" / "a.png.png")  # the next one was drawn

@@ -9,8 +9,10 @@
   python tools/demo.py --config-file configs/dinov3_sam.yaml --input img.jpg --output out.png \
       --method clustering --num-segments 5       # zero-training SAM-prompt configs
 
-Inputs may be files, globs and directories (searched recursively). A file that cannot be read
-as an image is reported by name and skipped; the exit code is 1 if any input failed, else 0.
+Inputs may be files, globs and directories (searched recursively). With several inputs, or an
+--output folder, the input tree is mirrored under --output (a/x.jpg -> OUT/a/x.jpg.png); an
+input is never written over. A file that cannot be read, or whose prediction fails, is reported
+by name and skipped; the summary lists every failed file and the exit code is 1 if any failed.
 """
 import argparse
 import glob
@@ -58,6 +60,8 @@ def argument_parser():
                         metavar=("IMAGE", "MASK", "CLASS"),
                         help="SAM-prompt configs: a reference image, its mask image (non-zero = "
                              "CLASS) and the class name, for --method prototypes (repeatable)")
+    parser.add_argument("--debug", action="store_true",
+                        help="stop at the first failing image with its traceback")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs")
     return parser
@@ -98,37 +102,61 @@ def expand_inputs(patterns):
     return list(dict.fromkeys(files))
 
 
-def output_path(output, path, many):
+def output_paths(output, files):
+    """path -> where its drawing goes (None without ``output``). One input and an output with a
+    file extension: that file. Otherwise the inputs' folder tree below their common folder is
+    mirrored under ``output``, each drawing named after its whole input name (``a/x.jpg`` ->
+    ``OUT/a/x.jpg.png``), so no two inputs share an output. An output that would replace an
+    input maps to None (the caller reports it)."""
     if output is None:
-        return None
-    if many or os.path.isdir(output) or not os.path.splitext(output)[1]:
-        os.makedirs(output, exist_ok=True)
-        return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    return output
+        return dict.fromkeys(files)
+    if len(files) == 1 and os.path.splitext(output)[1] and not os.path.isdir(output):
+        targets = {files[0]: output}
+    else:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+        targets = {f: os.path.join(output, os.path.relpath(os.path.abspath(f), root) + ".png")
+                   for f in files}
+    inputs = {os.path.realpath(f) for f in files}
+    return {f: None if os.path.realpath(t) in inputs else t for f, t in targets.items()}
 
 
 def run_images(predictor, metadata, files, args):
-    """Predict and draw every file; returns the number that failed."""
-    failed = 0
+    """Predict and draw every file; returns the files that failed. An exception while reading,
+    predicting, drawing or writing one image is logged with its file name and the run goes
+    on."""
+    failed = []
+    targets = output_paths(args.output, files)
     many = len(files) > 1
     for path in tqdm.tqdm(files, desc="images", unit="img", disable=not many):
+        if args.output is not None and targets[path] is None:
+            logger.error(f"skipped {path}: its drawing would replace the input; choose another "
+                         "--output")
+            failed.append(path)
+            continue
         try:
             image = read_image_any(path, format="BGR")
         except ImageReadError as err:
             logger.error(f"skipped {err}")
-            failed += 1
+            failed.append(path)
             continue
-        outputs = predictor(image)
-        if "instances" in outputs:
-            kept = (outputs["instances"].scores >= args.confidence_threshold).sum().item()
-            logger.info(f"{path}: {kept} instances")
-        target = output_path(args.output, path, many)
-        if target:
-            drawn = draw_predictions(image, outputs, metadata, args.confidence_threshold)
-            if not cv2.imwrite(target, drawn[:, :, ::-1]):
-                logger.error(f"could not write {target}")
-                failed += 1
+        try:
+            outputs = predictor(image)
+            if "instances" in outputs:
+                kept = (outputs["instances"].scores >= args.confidence_threshold).sum().item()
+                logger.info(f"{path}: {kept} instances")
+            target = targets[path]
+            if target:
+                drawn = draw_predictions(image, outputs, metadata, args.confidence_threshold)
+                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+                if not cv2.imwrite(target, drawn[:, :, ::-1]):
+                    raise OSError(f"could not write {target}")
+                logger.info(f"{path}: drawn to {target}")
+        except Exception as err:  # one image never ends a run over many
+            if args.debug:
+                raise
+            message = (str(err).strip().splitlines() or [""])[0]
+            logger.error(f"failed {path}: {type(err).__name__}: {message}")
+            failed.append(path)
     return failed
 
 
@@ -269,8 +297,10 @@ def main(argv=None):
         if not files:
             logger.error(f"no files match {args.input}")
             return 1
-        failed += run_images(predictor, metadata, files, args)
-        logger.info(f"{len(files) - failed} of {len(files)} images done, {failed} failed")
+        failed_files = run_images(predictor, metadata, files, args)
+        failed += len(failed_files)
+        logger.info(f"{len(files) - len(failed_files)} of {len(files)} images done, "
+                    f"{len(failed_files)} failed" + "".join(f"\n  {f}" for f in failed_files))
     if args.video_input:
         failed += run_video(predictor, metadata, args)
     if args.webcam:

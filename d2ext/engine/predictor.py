@@ -3,6 +3,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from ..data.dataset_mappers.lsj_augmentation import ResizeShortestEdge
+
 
 def load_predictor(cfg):
     """``DefaultPredictor`` for ``cfg`` (BGR image in, model outputs out).
@@ -14,7 +16,10 @@ def load_predictor(cfg):
     cfg.defrost()
     if cfg.MODEL.WEIGHTS:
         cfg.MODEL.DINO.WEIGHTS = ""
-    return DefaultPredictor(cfg)
+    predictor = DefaultPredictor(cfg)
+    # The same test-time resize, keeping each side of a very thin image at least one pixel.
+    predictor.aug = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    return predictor
 
 
 def predictor_metadata(cfg):

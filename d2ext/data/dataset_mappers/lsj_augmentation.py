@@ -1,5 +1,28 @@
-"""Large-scale-jitter augmentation shared by the Mask2Former-style mappers."""
+"""Large-scale-jitter augmentation shared by the Mask2Former-style mappers, and resizes that
+keep every side at least one pixel."""
 from detectron2.data import transforms as T
+
+
+def _at_least_one_pixel(transform):
+    # detectron2 rounds each side on its own: a 1 x 4000 image fitted into 1333 pixels would be
+    # 0 pixels high, which no resize accepts.
+    if isinstance(transform, T.ResizeTransform):
+        transform.new_h, transform.new_w = max(1, transform.new_h), max(1, transform.new_w)
+    return transform
+
+
+class ResizeShortestEdge(T.ResizeShortestEdge):
+    """detectron2's ResizeShortestEdge; no side of the result is 0 pixels."""
+
+    def get_transform(self, image):
+        return _at_least_one_pixel(super().get_transform(image))
+
+
+class ResizeScale(T.ResizeScale):
+    """detectron2's ResizeScale (large-scale jitter); no side of the result is 0 pixels."""
+
+    def get_transform(self, image):
+        return _at_least_one_pixel(super().get_transform(image))
 
 
 def build_lsj_augmentation(cfg, is_train):
@@ -8,13 +31,13 @@ def build_lsj_augmentation(cfg, is_train):
     images are not padded (the model pads a batch only to a multiple of 32).
     Testing: detectron2's shortest-edge resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)."""
     if not is_train:
-        return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+        return [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
     size = cfg.INPUT.IMAGE_SIZE
     augs = []
     if cfg.INPUT.RANDOM_FLIP != "none":
         augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
                                  vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
-    augs += [T.ResizeScale(min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE,
+    augs += [ResizeScale(min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE,
                            target_height=size, target_width=size),
              T.FixedSizeCrop(crop_size=(size, size), pad=False)]
     return augs

@@ -116,7 +116,8 @@ class DinoSamPrompt(nn.Module):
         side = self.sam.image_encoder.img_size
         h, w = image_rgb.shape[-2:]
         scale = side / max(h, w)
-        size = (int(h * scale + 0.5), int(w * scale + 0.5))  # SAM's ResizeLongestSide rounding
+        # SAM's ResizeLongestSide rounding; at least one pixel for a very thin image
+        size = (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))
         x = F.interpolate(image_rgb[None], size=size, mode="bilinear", align_corners=False,
                           antialias=True)
         return self.sam.image_encoder(self.sam.preprocess(x)), size
