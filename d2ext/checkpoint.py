@@ -1,5 +1,7 @@
-"""detectron2's DetectionCheckpointer with crash-safe writes."""
+"""detectron2's DetectionCheckpointer with crash-safe writes and a .pkl loader that runs no
+code."""
 import os
+import pickle
 import tempfile
 
 import torch
@@ -23,10 +25,47 @@ def _atomic_write(path, write):
         raise
 
 
+class WeightsPickleError(pickle.UnpicklingError):
+    pass
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, numbers, strings and NumPy arrays, the contents of detectron2 and
+    Detectron model-zoo .pkl files; any other class or function (what a crafted file uses to
+    run code) is refused."""
+
+    _ALLOWED = {("collections", "OrderedDict")} | {
+        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise WeightsPickleError(f"it refers to {module}.{name}, which a weights file never needs")
+
+
+def load_pickled_weights(path):
+    """A detectron2-format dict from a .pkl weights file, read with ``_WeightsUnpickler`` (as
+    detectron2 reads it, without running code)."""
+    with open(path, "rb") as f:
+        try:
+            data = _WeightsUnpickler(f, encoding="latin1").load()
+        except WeightsPickleError as err:
+            raise WeightsPickleError(f"{path}: refused to load ({err}); load .pkl weights only "
+                                     "from a source you trust, or convert them to .pth") from None
+    if "model" in data and "__author__" in data:  # detectron2's model zoo format
+        return data
+    data = data.get("blobs", data)  # Caffe2 / Detectron model zoo
+    return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")},
+            "__author__": "Caffe2", "matching_heuristics": True}
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` whose checkpoints and ``last_checkpoint`` tag are replaced
     atomically, so an interrupted save never corrupts what was saved before (``--resume``
     always finds a whole checkpoint). Non-local save dirs fall back to detectron2's writes.
+
+    ``.pkl`` weights are read without running code (``load_pickled_weights``).
 
     ``tag_last=False`` makes a checkpointer whose saves never become ``last_checkpoint``: the
     best-model checkpointer uses it, so ``--resume`` continues from the latest iteration, not
@@ -36,6 +75,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, tag_last=True, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.tag_last = tag_last
+
+    def _load_file(self, filename):
+        if filename.endswith(".pkl"):
+            return load_pickled_weights(filename)
+        return super()._load_file(filename)
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):

@@ -112,3 +112,29 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     assert torch.equal(again["weight"], saved["weight"])
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
     assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_final.pth")
+
+
+def test_pkl_weights_load_numpy_and_refuse_code(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from d2ext.checkpoint import WeightsPickleError, load_pickled_weights
+
+    good = tmp_path / "model.pkl"
+    with open(good, "wb") as f:
+        pickle.dump({"model": {"w": np.arange(3.0)}, "__author__": "someone"}, f)
+    assert load_pickled_weights(str(good))["model"]["w"].tolist() == [0.0, 1.0, 2.0]
+
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.pkl"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": Exploit(), "__author__": "x"}, f)
+    with pytest.raises(WeightsPickleError, match="evil.pkl.*posix.system|evil.pkl.*os.system"):
+        load_pickled_weights(str(bad))
+    assert not marker.exists()

@@ -3,6 +3,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from ..checkpoint import AtomicCheckpointer
 from ..data.dataset_mappers.lsj_augmentation import ResizeShortestEdge
 
 
@@ -14,9 +15,12 @@ def load_predictor(cfg):
     """
     cfg = cfg.clone()
     cfg.defrost()
-    if cfg.MODEL.WEIGHTS:
+    weights, cfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS, ""
+    if weights:
         cfg.MODEL.DINO.WEIGHTS = ""
     predictor = DefaultPredictor(cfg)
+    if weights:  # d2ext's checkpointer: .pkl files are read without running code
+        AtomicCheckpointer(predictor.model).load(weights)
     # The same test-time resize, keeping each side of a very thin image at least one pixel.
     predictor.aug = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     return predictor
