@@ -57,6 +57,7 @@ def optimizer_param_groups(cfg, model):
         model, cfg.SOLVER.BACKBONE_MULTIPLIER, cfg.MODEL.DINO.LAYER_DECAY)
     parts = {"backbone": {n: m for n, m in model.named_children() if n == "backbone"},
              "rest": {n: m for n, m in model.named_children() if n != "backbone"}}
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     groups = []
     for part, children in parts.items():
         if not children:
@@ -66,7 +67,6 @@ def optimizer_param_groups(cfg, model):
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS, lr_factor_func=factor,
             overrides={k: {"weight_decay": 0.0} for k in _NO_DECAY})
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
         for g in part_groups:  # nn.Embedding weights get SOLVER.WEIGHT_DECAY_EMBED (Mask2Former)
             embed = [p for p in g["params"] if id(p) in embeddings]
             rest = [p for p in g["params"] if id(p) not in embeddings]

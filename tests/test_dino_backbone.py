@@ -1,6 +1,7 @@
 import pytest
 import torch
 from detectron2.modeling import build_backbone
+from detectron2.structures import ImageList
 
 from d2ext.modeling.backbone import DINO_ARCHS, DinoViTBackbone
 from d2ext.modeling.backbone.dino_vit import build_hf_vit
@@ -27,8 +28,11 @@ def test_sfp_pyramid_shapes_and_strides(tiny_cfg, arch):
     shapes = backbone.output_shape()
     assert {k: v.stride for k, v in shapes.items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32,
                                                         "p6": 64}
-    assert backbone.padding_constraints["size_divisiblity"] == 32
-    with torch.no_grad():  # detectron2 pads 333x517 to 352x544 before the backbone
+    assert backbone.size_divisibility == 32
+    padded = ImageList.from_tensors([torch.zeros(3, 333, 517)], backbone.size_divisibility,
+                                    padding_constraints=backbone.padding_constraints)
+    assert tuple(padded.tensor.shape[-2:]) == (352, 544)  # what GeneralizedRCNN feeds it
+    with torch.no_grad():
         out = backbone(torch.randn(1, 3, 352, 544))
     for name, spec in shapes.items():
         assert out[name].shape == (1, cfg.MODEL.FPN.OUT_CHANNELS, -(-352 // spec.stride),

@@ -33,11 +33,28 @@ def plain_cfg(name, extra=()):
     return cfg
 
 
-def test_default_device_is_a_real_device():
+def test_default_device_is_the_best_real_device():
     cfg = get_cfg()
     add_d2ext_config(cfg)
     torch.device(cfg.MODEL.DEVICE)  # "auto" would raise here
-    assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else cfg.MODEL.DEVICE)
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+
+
+def test_a_saved_cuda_config_runs_where_there_is_no_cuda(caplog):
+    import logging
+
+    from d2ext.engine import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    logger = logging.getLogger("d2ext.engine.defaults")
+    logger.addHandler(caplog.handler)
+    try:
+        assert resolve_device("cuda") == resolve_device("auto")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "CUDA is not available" in caplog.text
 
 
 @pytest.mark.parametrize("name", BUILDABLE)

@@ -55,7 +55,8 @@ def test_eomt_recipe_optimizer_and_schedule(tmp_path):
     assert lr_of[id(next(blocks[1].parameters()))] == pytest.approx(base * 0.8 ** (depth - 2))
     assert lr_of[id(next(blocks[2].parameters()))] == pytest.approx(base)
     assert lr_of[id(model.query.weight)] == pytest.approx(base)
-    # EoMT decays every parameter; the ViT waits at LR 0 while the head warms up.
+    # EoMT decays the queries too (d2ext still spares the ViT's tokens and position
+    # embeddings); the ViT waits at LR 0 while the head warms up.
     assert all(g["weight_decay"] == 0.05 for g in optimizer.param_groups
                if any(p is model.query.weight for p in g["params"]))
     for _ in range(1000):

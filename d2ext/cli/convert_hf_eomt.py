@@ -4,9 +4,9 @@
 
 SRC: a ``save_pretrained`` directory or hub id of ``EomtForUniversalSegmentation`` (DINOv2
 family) or ``EomtDinov3ForUniversalSegmentation``, e.g. tue-mps/coco_panoptic_eomt_large_640.
-DST: the checkpoint to write (``.pth``); the config goes beside it as ``DST.yaml`` and names the
-checkpoint in MODEL.WEIGHTS, so ``tools/demo.py --config-file DST.yaml`` and
-``tools/train_net.py --eval-only --config-file DST.yaml`` run the converted model directly.
+DST: the checkpoint to write (``NAME.pth``); the config goes beside it as ``NAME.yaml`` and names
+the checkpoint in MODEL.WEIGHTS, so ``tools/demo.py --config-file NAME.yaml`` and
+``tools/train_net.py --eval-only --config-file NAME.yaml`` run the converted model directly.
 For the same input d2ext's class and mask logits equal transformers' (tests/test_eomt.py).
 """
 import argparse

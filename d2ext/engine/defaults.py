@@ -15,8 +15,10 @@ def resolve_device(device):
     if device == "auto":
         return default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"MODEL.DEVICE={device!r} but CUDA is not available here; set "
-                           "MODEL.DEVICE auto (or cpu).")
+        # e.g. a config saved on a GPU machine (MODEL.DEVICE defaults to the best device there)
+        logger.warning(f"MODEL.DEVICE={device!r}, but CUDA is not available here: using "
+                       f"{default_device()!r}.")
+        return default_device()
     return device
 
 

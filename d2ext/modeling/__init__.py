@@ -7,4 +7,3 @@ from .transformer_decoder import *  # noqa: F401,F403,E402
 from .meta_arch import *  # noqa: F401,F403,E402  (importing registers the meta-architectures)
 from .dino_linear_sem_seg_head import DinoLinearSemSegHead  # noqa: F401  (registers)
 # --- SAM-prompt meta-architecture ---
-from .meta_arch import DinoSamPrompt  # noqa: F401,E402  (registers META_ARCH DinoSamPrompt)

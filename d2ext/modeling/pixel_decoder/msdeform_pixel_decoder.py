@@ -152,8 +152,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
         }
 
     def forward_features(self, features):
-        with torch.autocast(next(iter(features.values())).device.type, enabled=False):
-            return self._forward_fp32({k: v.float() for k, v in features.items()})
+        features = {k: v.float() for k, v in features.items()}
+        device_type = next(iter(features.values())).device.type
+        if not torch.is_autocast_enabled(device_type):
+            return self._forward_fp32(features)
+        with torch.autocast(device_type, enabled=False):
+            return self._forward_fp32(features)
 
     def _forward_fp32(self, features):
         srcs, pos = [], []

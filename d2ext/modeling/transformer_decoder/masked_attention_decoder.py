@@ -64,7 +64,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                  enforce_input_project=False, dropout=0.0):
         super().__init__()
         self.num_heads = nheads
-        self.num_feature_levels = num_feature_levels = 3  # Mask2Former always uses 3 scales
+        num_feature_levels = self.num_feature_levels = 3  # Mask2Former always uses 3 scales
         self.layers = nn.ModuleList(
             DecoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm)
             for _ in range(dec_layers))
