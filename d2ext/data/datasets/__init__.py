@@ -7,14 +7,19 @@ from .sem_seg_folders import load_sem_seg_folders, register_sem_seg_dataset
 from .synthetic_sem_seg import register_synthetic_sem_seg
 
 
+def _triples(entries, key, fields):
+    """The entries of DATASETS.<key>, each checked to be [name, <fields>]."""
+    for entry in entries:
+        if len(entry) != 3:
+            raise DatasetError(f"DATASETS.{key} entry {entry!r}: expected [name, {fields}].")
+        yield entry
+
+
 def register_datasets_from_cfg(cfg):
     """Register what the config names: DATASETS.COCO_INSTANCES and the synthetic dataset."""
     syn = cfg.DATASETS.SYNTHETIC
     register_synthetic_shapes(syn.ROOT or None, syn.NUM_TRAIN, syn.NUM_VAL, syn.IMAGE_SIZE)
-    for entry in cfg.DATASETS.COCO_INSTANCES:
-        if len(entry) != 3:
-            raise DatasetError(f"DATASETS.COCO_INSTANCES entry {entry!r}: expected "
-                               "[name, json_file, image_root].")
+    for entry in _triples(cfg.DATASETS.COCO_INSTANCES, "COCO_INSTANCES", "json_file, image_root"):
         register_coco_dataset(*entry)
     _register_sem_seg_from_cfg(cfg)
 
@@ -25,10 +30,7 @@ def _register_sem_seg_from_cfg(cfg):
     classes = list(cfg.DATASETS.SEM_SEG_CLASSES) or \
         [f"class_{i}" for i in range(head.NUM_CLASSES)]
     register_synthetic_sem_seg(head.IGNORE_VALUE)
-    for entry in cfg.DATASETS.SEM_SEG:
-        if len(entry) != 3:
-            raise DatasetError(f"DATASETS.SEM_SEG entry {entry!r}: expected "
-                               "[name, image_dir, mask_dir].")
+    for entry in _triples(cfg.DATASETS.SEM_SEG, "SEM_SEG", "image_dir, mask_dir"):
         register_sem_seg_dataset(*entry, classes=classes, ignore_value=head.IGNORE_VALUE)
     if cfg.MODEL.META_ARCHITECTURE not in ("SemanticSegmentor", "DinoSemanticSegmentor"):
         return
