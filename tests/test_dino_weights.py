@@ -1,7 +1,11 @@
+import os
+
 import pytest
 import torch
 
 from d2ext.modeling.backbone import DinoViTBackbone, DinoWeightsError
+
+from conftest import CONFIGS
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +61,20 @@ def test_missing_path_is_named(tmp_path):
     missing = str(tmp_path / "nope" / "dino.pth")
     with pytest.raises(DinoWeightsError, match="no such file"):
         DinoViTBackbone("dinov3_tiny16", weights=missing)
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart_mask2former.yaml"])
+def test_dino_weights_from_a_d2ext_checkpoint(config, tmp_path):
+    # MODEL.DINO.WEIGHTS may be a whole d2ext model (e.g. output/quickstart/model_final.pth):
+    # its ViT is found under its prefix, not under a pyramid key that ends like a ViT key.
+    from detectron2.modeling import build_model
+
+    from d2ext.engine import setup_cfg
+
+    cfg = setup_cfg(os.path.join(CONFIGS, config), ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": model.state_dict(), "iteration": 3}, path)
+    vit = DinoViTBackbone(cfg.MODEL.DINO.ARCH, weights=path)
+    for name, tensor in vit.state_dict().items():
+        assert torch.equal(tensor, model.backbone.net.state_dict()[name])

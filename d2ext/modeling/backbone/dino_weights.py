@@ -2,6 +2,7 @@
 import logging
 import os
 import re
+from collections import Counter
 
 import torch
 
@@ -45,15 +46,17 @@ def _read_state_dict_file(path):
 
 
 def _strip_prefix(state, target_keys):
-    """Drop a leading prefix (e.g. "backbone.vit.", "module.") so keys match the model's."""
+    """Drop a leading prefix (e.g. "backbone.net.vit.", "module.") so keys match the model's:
+    the prefix under which most of the model's keys are found (a whole detector also has keys
+    such as "backbone.fpn_output2.norm.weight" that end like one of the ViT's)."""
     if any(k in target_keys for k in state):
         return state
-    for key in state:
-        for target in target_keys:
-            if key.endswith("." + target):
-                prefix = key[: -len(target)]
-                return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
+    counts = Counter(key[: -len(target)] for key in state for target in target_keys
+                     if key.endswith("." + target))
+    if not counts:
+        return state
+    prefix = counts.most_common(1)[0][0]
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 _ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
