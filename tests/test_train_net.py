@@ -138,3 +138,19 @@ def test_pkl_weights_load_numpy_and_refuse_code(tmp_path):
     with pytest.raises(WeightsPickleError, match="evil.pkl.*posix.system|evil.pkl.*os.system"):
         load_pickled_weights(str(bad))
     assert not marker.exists()
+
+
+def test_resume_restores_the_best_metric(tmp_path):
+    import json
+
+    from detectron2.engine import hooks
+
+    from d2ext.engine.trainer import restore_best_metric
+
+    metrics = tmp_path / "metrics.json"
+    rows = [{"iteration": 9, "segm/AP": 16.25}, {"iteration": 19, "segm/AP": 15.41},
+            {"iteration": 29, "segm/AP": 30.0}]  # iteration 29 comes after the resumed one
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"iteration": 3')
+    best = hooks.BestCheckpointer(10, None, "segm/AP", mode="max")
+    restore_best_metric(best, str(metrics), before_iter=20)
+    assert (best.best_metric, best.best_iter) == (16.25, 9)

@@ -1,5 +1,7 @@
 """detectron2's DefaultTrainer, set up for d2ext models."""
+import json
 import logging
+import math
 import os
 import weakref
 
@@ -15,6 +17,29 @@ from ..checkpoint import AtomicCheckpointer
 from ..solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
+
+
+def restore_best_metric(hook, metrics_file, before_iter):
+    """Give a ``BestCheckpointer`` the best value of its metric that ``metrics_file``
+    (detectron2's metrics.json) recorded before iteration ``before_iter``, so that a resumed run
+    keeps ``model_best.pth`` unless it does better."""
+    if not os.path.isfile(metrics_file):
+        return
+    best = None
+    with open(metrics_file) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by the interruption
+                continue
+            value, iteration = record.get(hook._val_metric), record.get("iteration", -1)
+            if value is None or iteration >= before_iter or not math.isfinite(value):
+                continue
+            if best is None or hook._compare(value, best[0]):
+                best = (value, iteration)
+    if best is not None:
+        hook._update_best(*best)
+        logger.info(f"Resumed best {hook._val_metric}: {best[0]:.4f} at iteration {best[1]}")
 
 
 class Trainer(DefaultTrainer):
@@ -64,6 +89,14 @@ class Trainer(DefaultTrainer):
                 cfg.TEST.EVAL_PERIOD, best, cfg.TEST.BEST_CHECKPOINT_METRIC,
                 mode=cfg.TEST.BEST_CHECKPOINT_MODE, file_prefix="model_best"))
         return ret
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if resume and self.start_iter > 0:
+            for hook in self._hooks:
+                if isinstance(hook, hooks.BestCheckpointer):
+                    restore_best_metric(hook, os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
+                                        self.start_iter)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
