@@ -154,3 +154,18 @@ def test_resume_restores_the_best_metric(tmp_path):
     best = hooks.BestCheckpointer(10, None, "segm/AP", mode="max")
     restore_best_metric(best, str(metrics), before_iter=20)
     assert (best.best_metric, best.best_iter) == (16.25, 9)
+
+
+@pytest.mark.parametrize("config, key", [("quickstart.yaml", "MODEL.ROI_HEADS.NUM_CLASSES"),
+                                         ("quickstart_mask2former.yaml",
+                                          "MODEL.SEM_SEG_HEAD.NUM_CLASSES"),
+                                         ("quickstart_eomt.yaml",
+                                          "MODEL.SEM_SEG_HEAD.NUM_CLASSES")])
+def test_class_count_below_the_datasets_stops_with_the_key(synthetic_root, tmp_path, config, key):
+    from d2ext.engine import num_classes_key
+
+    cfg = setup_cfg(os.path.join(CONFIGS, config),
+                    tiny_opts(synthetic_root, tmp_path) + [key, "3", "MODEL.DEVICE", "cpu"])
+    assert num_classes_key(cfg) == key
+    with pytest.raises(ValueError, match=f"has 4 classes but {key} is 3: set {key} 4"):
+        Trainer(cfg)

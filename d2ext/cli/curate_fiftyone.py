@@ -67,9 +67,15 @@ def cmd_export(args):
             if info["missing_images"] else ""
         print(f"{split}: {info['images']} images, {info['annotations']} instances -> "
               f"{info['json_file']}{skipped}")
+    from d2ext.config import get_d2ext_cfg
+    from d2ext.engine import num_classes_key
+
     classes = list(args.classes or dataset.default_classes)
+    cfg = get_d2ext_cfg()
+    cfg.merge_from_file(args.config_file)
     print(f"Classes (model class i = i-th): {classes}\nTrain with:\n  " +
-          train_command(exported, len(classes), args.config_file, args.prefix))
+          train_command(exported, len(classes), args.config_file, args.prefix,
+                        num_classes_key=num_classes_key(cfg) or "MODEL.ROI_HEADS.NUM_CLASSES"))
 
 
 def cmd_predict(args):

@@ -122,9 +122,10 @@ def export_coco_splits(collection, export_dir, splits=("train", "val"), reject_t
 
 
 def train_command(exported, num_classes, config_file="configs/quickstart.yaml", prefix="fo",
-                  output_dir=None):
+                  output_dir=None, num_classes_key="MODEL.ROI_HEADS.NUM_CLASSES"):
     """The ``tools/train_net.py`` command line that trains on ``exported`` (from
-    :func:`export_coco_splits`): "train" is trained on, the other splits are tested."""
+    :func:`export_coco_splits`): "train" is trained on, the other splits are tested;
+    ``num_classes_key`` is the config's class-count key (``d2ext.engine.num_classes_key``)."""
     args = ["python", "tools/train_net.py", "--config-file", shlex.quote(config_file)]
     names = {}
     for split, info in exported.items():
@@ -135,6 +136,6 @@ def train_command(exported, num_classes, config_file="configs/quickstart.yaml", 
     test = tuple(n for s, n in names.items() if s != "train")
     # Dataset names are plain words, so the tuples read as in detectron2's docs: "('x',)".
     args += ["DATASETS.TRAIN", f'"{train!r}"', "DATASETS.TEST", f'"{test!r}"',
-             "MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes),
+             num_classes_key, str(num_classes),
              "OUTPUT_DIR", shlex.quote(output_dir or f"output/{prefix}")]
     return " ".join(args)

@@ -9,6 +9,40 @@ from ..data.datasets import register_datasets_from_cfg
 logger = logging.getLogger(__name__)
 
 
+def num_classes_key(cfg):
+    """The config key that holds the number of classes of ``cfg``'s model (None for a model that
+    is not trained on classes, the SAM-prompt one)."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "DinoSamPrompt":
+        return None
+    return "MODEL.ROI_HEADS.NUM_CLASSES" if arch == "GeneralizedRCNN" else \
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
+
+
+def check_num_classes(cfg, dataset_names):
+    """Stop when a dataset has more thing classes than the model's class count (the extra ones
+    would be taught as "no object" or fail mid-training); warn when it has fewer. Datasets whose
+    classes are not known yet (not loaded) are not checked."""
+    from detectron2.data import MetadataCatalog
+
+    key = num_classes_key(cfg)
+    if key is None:
+        return
+    configured = cfg
+    for part in key.split("."):
+        configured = getattr(configured, part)
+    for name in dataset_names:
+        classes = getattr(MetadataCatalog.get(name), "thing_classes", None)
+        if classes is None:
+            continue
+        if len(classes) > configured:
+            raise ValueError(f"dataset {name!r} has {len(classes)} classes but {key} is "
+                             f"{configured}: set {key} {len(classes)}.")
+        if len(classes) < configured:
+            logger.warning(f"dataset {name!r} has {len(classes)} classes and {key} is "
+                           f"{configured}: the model keeps {configured - len(classes)} unused.")
+
+
 def resolve_device(device):
     """MODEL.DEVICE "auto" -> ``default_device()`` ("cuda", else Apple "mps", else "cpu");
     a named device is checked for availability."""

@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AtomicCheckpointer
+from .defaults import check_num_classes
 from ..solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,9 @@ class Trainer(DefaultTrainer):
 
         from ..data.dataset_mappers import build_train_mapper
 
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        loader = build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)  # the datasets are loaded now
+        return loader
 
     @classmethod
     def build_optimizer(cls, cfg, model):
