@@ -79,7 +79,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename):
         if filename.endswith(".pkl"):
             return load_pickled_weights(filename)
-        return super()._load_file(filename)
+        try:
+            return super()._load_file(filename)
+        except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError) as err:
+            raise ValueError(f"{filename}: not a PyTorch checkpoint that torch.load can read "
+                             f"({type(err).__name__}: {err}); give MODEL.WEIGHTS a .pth "
+                             "written by torch.save (a detectron2 or d2ext checkpoint).") from None
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):

@@ -159,8 +159,9 @@ def add_d2ext_config(cfg):
     # Written after training (tools/train_net.py): one val image with its predictions.
     cfg.D2EXT.SAVE_DEMO_IMAGE = True
 
-    # --- SAM-prompt meta-architecture (d2ext/modeling/meta_arch/dino_sam_prompt.py, META_ARCHITECTURE
-    # "DinoSamPrompt"): DINO features choose prompts, SAM draws masks; nothing is trained ---
+    # --- SAM-prompt meta-architecture (META_ARCHITECTURE "DinoSamPrompt",
+    # d2ext/modeling/meta_arch/dino_sam_prompt.py): DINO features choose prompts, SAM draws
+    # masks; nothing is trained ---
     cfg.MODEL.SAM_PROMPT = CN()
     # segment-anything model type ("vit_b", "vit_l", "vit_h"; "tiny" for tests) and its official
     # checkpoint file (sam_vit_*.pth); "" gives random weights (tests and benchmarks only).

@@ -92,3 +92,16 @@ def test_a_failing_prediction_is_named_and_the_run_goes_on(image_dir, tmp_path, 
     assert "thin.png: RuntimeError: Output size is too small" in caplog.text
     assert "more detail" not in caplog.text  # one line per failure
     assert os.path.isfile(tmp_path / "out" / "inputs" / "a.png.png")  # the next one was drawn
+
+
+def test_demo_without_a_config_uses_the_quickstart_and_says_when_untrained(tmp_path,
+                                                                           monkeypatch):
+    from d2ext.cli import demo
+
+    monkeypatch.chdir(tmp_path)  # run from another directory: the default still resolves
+    assert os.path.isfile(demo.QUICKSTART_CONFIG)
+    assert demo.quickstart_weights() == [] or os.path.isfile(demo.quickstart_weights()[1])
+    (tmp_path / "output" / "quickstart").mkdir(parents=True)
+    (tmp_path / "output" / "quickstart" / "model_final.pth").write_bytes(b"")
+    assert demo.quickstart_weights() == [
+        "MODEL.WEIGHTS", str(tmp_path / "output" / "quickstart" / "model_final.pth")]

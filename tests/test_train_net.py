@@ -169,3 +169,22 @@ def test_class_count_below_the_datasets_stops_with_the_key(synthetic_root, tmp_p
     assert num_classes_key(cfg) == key
     with pytest.raises(ValueError, match=f"has 4 classes but {key} is 3: set {key} 4"):
         Trainer(cfg)
+
+
+def test_user_mistakes_get_one_line_errors_naming_the_file_or_key(synthetic_root, tmp_path):
+    from d2ext.data.datasets import DatasetError, load_coco_instances
+
+    with pytest.raises(ValueError, match=r"MODEL.META_ARCHITECTURE='MaskRCNN' is not "
+                                         r"registered; choose one of \[.*'DinoMask2Former'"):
+        setup_cfg(os.path.join(CONFIGS, "quickstart.yaml"),
+                  tiny_opts(synthetic_root, tmp_path) + ["MODEL.META_ARCHITECTURE", "MaskRCNN"])
+    for text, match in (("{not json", "not valid JSON"), ("[1, 2]", "holds a JSON list")):
+        path = tmp_path / "bad.json"
+        path.write_text(text)
+        with pytest.raises(DatasetError, match=f"bad.json: {match}"):
+            load_coco_instances("bad", str(path), str(tmp_path))
+    fake = tmp_path / "weights.pth"
+    fake.write_text("hello, I am a text file")
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="weights.pth: not a PyTorch checkpoint"):
+        AtomicCheckpointer(model).load(str(fake))

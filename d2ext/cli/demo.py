@@ -36,10 +36,28 @@ logger = logging.getLogger("d2ext.demo")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
+# The repository's quickstart (this file is d2ext/cli/demo.py), for a demo run without options.
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICKSTART_CONFIG = os.path.join(_REPO, "configs", "quickstart.yaml")
+
+
+def quickstart_weights():
+    """["MODEL.WEIGHTS", path] of the quickstart's trained model (output/quickstart/
+    model_final.pth here or in the repository), or [] when it has not been trained."""
+    for root in (os.getcwd(), _REPO):
+        path = os.path.join(root, "output", "quickstart", "model_final.pth")
+        if os.path.isfile(path):
+            return ["MODEL.WEIGHTS", path]
+    return []
+
+
 def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/quickstart.yaml", metavar="FILE")
+    parser.add_argument("--config-file", metavar="FILE",
+                        help="default: the repository's configs/quickstart.yaml, with the "
+                             "quickstart's trained output/quickstart/model_final.pth when it "
+                             "exists")
     parser.add_argument("--input", nargs="+", default=[],
                         help="image files, glob patterns or directories (recursive)")
     parser.add_argument("--video-input", help="a video file")
@@ -281,7 +299,13 @@ def main(argv=None):
         logger.error("this OpenCV has no GUI (opencv-python-headless): give --output to write "
                      "the webcam video to a file, or install opencv-python")
         return 2
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = setup_cfg(args.config_file or QUICKSTART_CONFIG,
+                    (quickstart_weights() if args.config_file is None else []) + args.opts)
+    if not cfg.MODEL.WEIGHTS and cfg.MODEL.META_ARCHITECTURE != "DinoSamPrompt":
+        logger.warning("MODEL.WEIGHTS is empty: the model has no trained weights and its "
+                       "predictions mean nothing. Train it first (python tools/train_net.py "
+                       "--config-file configs/quickstart.yaml) or give --opts MODEL.WEIGHTS "
+                       "FILE.pth.")
     try:
         cfg.merge_from_list(sam_prompt_opts(cfg, args))
     except ValueError as err:

@@ -70,5 +70,11 @@ def setup_cfg(config_file="", opts=(), coco_datasets=(), sem_seg_datasets=()):
     cfg.DATASETS.SEM_SEG = [list(e) for e in cfg.DATASETS.SEM_SEG] + \
         [list(e) for e in sem_seg_datasets]
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    if cfg.MODEL.META_ARCHITECTURE not in META_ARCH_REGISTRY:
+        names = sorted(name for name, _ in META_ARCH_REGISTRY)
+        raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} is not "
+                         f"registered; choose one of {names}.")
     register_datasets_from_cfg(cfg)
     return cfg

@@ -15,7 +15,14 @@ class DatasetError(ValueError):
 
 def _check_categories(json_file):
     with open(json_file) as f:
-        categories = json.load(f).get("categories")
+        try:
+            data = json.load(f)
+        except ValueError as err:
+            raise DatasetError(f"{json_file}: not valid JSON ({err}).") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{json_file}: holds a JSON {type(data).__name__}; a COCO instance "
+                           "json is an object with 'images', 'annotations' and 'categories'.")
+    categories = data.get("categories")
     if not categories:
         raise DatasetError(f"{json_file}: no 'categories' list; COCO instance json needs one "
                            "entry {'id': int, 'name': str} per class.")
