@@ -13,6 +13,9 @@ def _atomic_write(path, write):
     a crash or a full disk mid-write leaves the previous file intact."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the user's mode
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

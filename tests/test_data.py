@@ -95,3 +95,29 @@ def test_read_image_handles_what_users_throw_at_it(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(ImageReadError, match="notes.txt"):
         read_image_any(str(tmp_path / "notes.txt"))
+
+
+def test_annotations_without_masks_are_skipped_and_counted(tmp_path, caplog):
+    import logging
+
+    from d2ext.data.datasets import load_coco_instances
+
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    square = [[2.0, 2.0, 10.0, 2.0, 10.0, 10.0, 2.0, 10.0]]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8], "area": 64,
+             "iscrowd": 0, "segmentation": square},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8], "area": 64,
+             "iscrowd": 0, "segmentation": []},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8], "area": 64,
+             "iscrowd": 0}]
+    (tmp_path / "a.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}],
+        "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
+    logger = logging.getLogger("d2ext")
+    logger.addHandler(caplog.handler)
+    try:
+        (record,) = load_coco_instances("masks_test", str(tmp_path / "a.json"), str(tmp_path))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert [a["segmentation"] for a in record["annotations"]] == [square]
+    assert "skipping 2 annotations" in caplog.text and "a.json" in caplog.text

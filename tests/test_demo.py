@@ -105,3 +105,11 @@ def test_demo_without_a_config_uses_the_quickstart_and_says_when_untrained(tmp_p
     (tmp_path / "output" / "quickstart" / "model_final.pth").write_bytes(b"")
     assert demo.quickstart_weights() == [
         "MODEL.WEIGHTS", str(tmp_path / "output" / "quickstart" / "model_final.pth")]
+
+
+def test_an_unmatched_glob_is_kept_to_be_reported(tmp_path):
+    from d2ext.cli.demo import expand_inputs
+
+    (tmp_path / "a.png").write_bytes(b"")
+    pattern = str(tmp_path / "*.jpeg")
+    assert expand_inputs([str(tmp_path / "a.png"), pattern]) == [str(tmp_path / "a.png"), pattern]

@@ -188,3 +188,24 @@ def test_user_mistakes_get_one_line_errors_naming_the_file_or_key(synthetic_root
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="weights.pth: not a PyTorch checkpoint"):
         AtomicCheckpointer(model).load(str(fake))
+
+
+def test_checkpoints_get_the_users_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path)).save("model_x")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "model_x.pth").st_mode & 0o777) == 0o644
+
+
+def test_train_net_logs_d2ext_messages(synthetic_root, tmp_path):
+    import logging
+
+    from d2ext.cli import train_net
+
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", os.path.join(CONFIGS, "quickstart.yaml"),
+         *tiny_opts(synthetic_root, tmp_path)])
+    train_net.setup(args)
+    assert logging.getLogger("d2ext").handlers  # e.g. where demo.png was written is shown

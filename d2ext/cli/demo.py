@@ -114,7 +114,8 @@ def expand_inputs(patterns):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
         elif glob.has_magic(pattern):
-            files += sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            matched = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            files += matched or [pattern]  # an unmatched pattern is reported like a bad file
         else:
             files.append(pattern)
     return list(dict.fromkeys(files))

@@ -18,6 +18,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from d2ext.checkpoint import AtomicCheckpointer
 from d2ext.engine import Trainer, draw_predictions, load_predictor, setup_cfg
@@ -31,6 +32,9 @@ def setup(args):
     cfg = setup_cfg(args.config_file, args.opts, args.register_coco, args.register_sem_seg)
     cfg.freeze()
     default_setup(cfg, args)  # logging, seeds, config.yaml copied into OUTPUT_DIR
+    # detectron2 sets up its own loggers only: d2ext's messages (where demo.png and the plots
+    # were written, skipped data) go to the console and OUTPUT_DIR/log.txt too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2ext")
     return cfg
 
 

@@ -50,7 +50,22 @@ def load_coco_instances(name, json_file, image_root):
         missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
         logger.warning(f"dataset {name!r}: skipping {len(missing)} of {len(dicts)} images missing "
                        f"under {image_root} (e.g. {missing[:3]}).")
+    dropped = 0
+    for d in present:  # every d2ext head learns from masks: an instance without one is dropped
+        kept = [a for a in d.get("annotations", []) if _has_mask(a.get("segmentation"))]
+        dropped += len(d.get("annotations", [])) - len(kept)
+        d["annotations"] = kept
+    if dropped:
+        logger.warning(f"dataset {name!r}: skipping {dropped} annotations of {json_file} without "
+                       "a mask (no 'segmentation', or no polygon with 3 or more points).")
     return present
+
+
+def _has_mask(segmentation):
+    if isinstance(segmentation, dict):  # RLE
+        return bool(segmentation.get("counts"))
+    return isinstance(segmentation, list) and any(
+        isinstance(p, list) and len(p) >= 6 for p in segmentation)
 
 
 def register_coco_dataset(name, json_file, image_root, metadata=None):
