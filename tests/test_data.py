@@ -121,3 +121,21 @@ def test_annotations_without_masks_are_skipped_and_counted(tmp_path, caplog):
         logger.removeHandler(caplog.handler)
     assert [a["segmentation"] for a in record["annotations"]] == [square]
     assert "skipping 2 annotations" in caplog.text and "a.json" in caplog.text
+
+
+def test_training_skips_an_unreadable_image_with_a_count(tmp_path):
+    from d2ext.data.dataset_mappers import SkipUnreadableImages
+
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    calls = []
+
+    def mapper(d):
+        calls.append(d["file_name"])
+        with open(d["file_name"], "rb") as f:
+            Image.open(f).load()
+        return d
+
+    skip = SkipUnreadableImages(mapper)
+    assert skip({"file_name": str(tmp_path / "broken.png")}) is None
+    assert skip({"file_name": str(tmp_path / "missing.png")}) is None
+    assert skip.skipped == 2 and len(calls) == 2

@@ -113,3 +113,34 @@ def test_an_unmatched_glob_is_kept_to_be_reported(tmp_path):
     (tmp_path / "a.png").write_bytes(b"")
     pattern = str(tmp_path / "*.jpeg")
     assert expand_inputs([str(tmp_path / "a.png"), pattern]) == [str(tmp_path / "a.png"), pattern]
+
+
+def test_curation_switches_after_the_overrides_are_taken_back():
+    from d2ext.cli import curate_fiftyone
+
+    parser = curate_fiftyone.argument_parser()
+    args = curate_fiftyone._flags_after_opts(parser.parse_args(
+        ["predict", "--dataset", "d", "--config-file", "c.yaml", "MODEL.WEIGHTS", "w.pth",
+         "--no-app"]), parser)
+    assert args.no_app is True and args.opts == ["MODEL.WEIGHTS", "w.pth"]
+
+
+def test_an_unwritable_output_is_one_error_before_loading(tmp_path, caplog):
+    import logging
+
+    from d2ext.cli import demo
+
+    if os.geteuid() == 0:  # root may write anywhere: a path under a file is refused for all
+        (tmp_path / "file").write_text("")
+        output = str(tmp_path / "file" / "out")
+    else:
+        os.chmod(tmp_path, 0o500)
+        output = str(tmp_path / "out")
+    log = logging.getLogger("d2ext.demo")
+    log.addHandler(caplog.handler)
+    try:
+        assert demo.main(["--input", "x.png", "--output", output]) == 2
+    finally:
+        log.removeHandler(caplog.handler)
+        os.chmod(tmp_path, 0o700)
+    assert f"--output {output}: cannot create" in caplog.text

@@ -166,8 +166,24 @@ def argument_parser():
     return parser
 
 
+def _flags_after_opts(args, parser):
+    """Switches typed after the KEY VALUE overrides (``predict ... MODEL.WEIGHTS w.pth
+    --no-app``) land in the overrides: take them back out, so that an odd-length override list
+    is never the error a user sees."""
+    flags = [o for o in getattr(args, "opts", None) or [] if o.startswith("--")]
+    for flag in flags:
+        name = flag[2:].replace("-", "_")
+        if not isinstance(getattr(args, name, None), bool):
+            parser.error(f"{flag} after the config overrides: put options before them")
+        setattr(args, name, True)
+    if flags:
+        args.opts = [o for o in args.opts if not o.startswith("--")]
+    return args
+
+
 def main(argv=None):
-    args = argument_parser().parse_args(argv)
+    parser = argument_parser()
+    args = _flags_after_opts(parser.parse_args(argv), parser)
     # d2ext's own messages only: FiftyOne prints its own, and a root handler would repeat them.
     if not logger.handlers:
         handler = logging.StreamHandler()

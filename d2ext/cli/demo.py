@@ -300,6 +300,19 @@ def main(argv=None):
         logger.error("this OpenCV has no GUI (opencv-python-headless): give --output to write "
                      "the webcam video to a file, or install opencv-python")
         return 2
+    if args.output:  # before loading the model: a folder that cannot be written is one error
+        folder = args.output if not os.path.splitext(args.output)[1] else \
+            os.path.dirname(args.output) or "."
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            logger.error(f"--output {args.output}: cannot create {folder} ({err.strerror}); "
+                         "choose a folder you can write to")
+            return 2
+        if not os.access(folder, os.W_OK):
+            logger.error(f"--output {args.output}: {folder} is not writable; choose a folder "
+                         "you can write to")
+            return 2
     cfg = setup_cfg(args.config_file or QUICKSTART_CONFIG,
                     (quickstart_weights() if args.config_file is None else []) + args.opts)
     if not cfg.MODEL.WEIGHTS and cfg.MODEL.META_ARCHITECTURE != "DinoSamPrompt":

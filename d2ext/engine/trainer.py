@@ -113,11 +113,12 @@ class Trainer(DefaultTrainer):
     # INPUT.DATASET_MAPPER_NAME picks the mapper (Mask2Former-style LSJ mappers or detectron2's).
     @classmethod
     def build_train_loader(cls, cfg):
-        from detectron2.data import build_detection_train_loader
+        from detectron2.data import DatasetMapper, build_detection_train_loader
 
-        from ..data.dataset_mappers import build_train_mapper
+        from ..data.dataset_mappers import SkipUnreadableImages, build_train_mapper
 
-        loader = build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        mapper = build_train_mapper(cfg) or DatasetMapper(cfg, is_train=True)
+        loader = build_detection_train_loader(cfg, mapper=SkipUnreadableImages(mapper))
         check_num_classes(cfg, cfg.DATASETS.TRAIN)  # the datasets are loaded now
         return loader
 

@@ -1,4 +1,6 @@
 """Dataset mappers of the Mask2Former-style models, chosen by INPUT.DATASET_MAPPER_NAME."""
+import logging
+
 from .mask_former_instance_mapper import MaskFormerInstanceDatasetMapper
 from .mask_former_semantic_mapper import MaskFormerSemanticDatasetMapper
 
@@ -6,6 +8,26 @@ MAPPERS = {
     "mask_former_instance_lsj": MaskFormerInstanceDatasetMapper,
     "mask_former_semantic_lsj": MaskFormerSemanticDatasetMapper,
 }
+
+
+class SkipUnreadableImages:
+    """A training mapper that skips an image it cannot read (a missing, truncated or non-image
+    file) with a warning naming it and a running count, instead of ending the run: it returns
+    None, and detectron2's data loader then takes another image."""
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+        self.skipped = 0
+
+    def __call__(self, dataset_dict):
+        try:
+            return self.mapper(dataset_dict)
+        except OSError as err:  # PIL's unreadable and truncated images, missing files
+            self.skipped += 1
+            logging.getLogger(__name__).warning(
+                f"skipped unreadable image {dataset_dict.get('file_name')} ({err}); "
+                f"{self.skipped} skipped so far in this worker")
+            return None
 
 
 def build_train_mapper(cfg):
