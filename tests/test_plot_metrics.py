@@ -37,3 +37,21 @@ def test_absent_series_are_skipped_and_missing_file_reported(tmp_path, capsys):
         "losses.png", "miou.png", "pixel_accuracy.png"]
     assert plot_metrics.main([str(tmp_path / "nowhere")]) == 1
     assert "metrics.json" in capsys.readouterr().err
+
+
+def test_every_curve_has_its_own_colour(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from d2ext.utils import metrics_plots
+
+    colours = []
+    original = matplotlib.axes.Axes.plot
+
+    def recording_plot(self, *args, **kwargs):
+        colours.append(kwargs.get("color"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    curves = {f"loss_{i}": [(0, 1.0), (1, 0.5)] for i in range(13)}
+    metrics_plots._plot(str(tmp_path / "losses.png"), "losses", "loss", curves)
+    assert len(colours) == 13 and len(set(colours)) == 13

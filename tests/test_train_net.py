@@ -209,3 +209,17 @@ def test_train_net_logs_d2ext_messages(synthetic_root, tmp_path):
          *tiny_opts(synthetic_root, tmp_path)])
     train_net.setup(args)
     assert logging.getLogger("d2ext").handlers  # e.g. where demo.png was written is shown
+
+
+@pytest.mark.slow
+def test_tools_start_without_known_dependency_warnings():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    result = subprocess.run([sys.executable, "tools/demo.py", "--help"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "--config-file" in result.stdout
+    assert "torch.jit.script" not in result.stderr and "Warning" not in result.stderr

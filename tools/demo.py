@@ -3,6 +3,7 @@
 The code is d2ext/cli/demo.py; --help lists the options."""
 import sys
 
+import _known_warnings  # noqa: F401  (before d2ext: silences known dependency warnings)
 from d2ext.cli.demo import main
 
 if __name__ == "__main__":

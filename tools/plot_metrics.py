@@ -3,6 +3,7 @@
 is d2ext/cli/plot_metrics.py; --help lists the options."""
 import sys
 
+import _known_warnings  # noqa: F401  (before d2ext: silences known dependency warnings)
 from d2ext.cli.plot_metrics import main
 
 if __name__ == "__main__":

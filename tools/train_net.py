@@ -3,6 +3,7 @@
 --help lists the options."""
 import sys
 
+import _known_warnings  # noqa: F401  (before d2ext: silences known dependency warnings)
 from d2ext.cli.train_net import cli
 
 if __name__ == "__main__":

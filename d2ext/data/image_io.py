@@ -1,4 +1,6 @@
 """Reading user images the way users expect, on top of detectron2's detection_utils."""
+import logging
+
 import numpy as np
 from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from PIL import Image
@@ -18,6 +20,9 @@ def read_image_any(path, format="BGR"):
     """
     try:
         with Image.open(path) as image:
+            if getattr(image, "n_frames", 1) > 1:
+                logging.getLogger(__name__).info(
+                    f"{path}: {image.n_frames} frames (an animation); using the first")
             image.load()
             image = _apply_exif_orientation(image)
     except Exception as err:  # PIL raises many types for undecodable files

@@ -39,9 +39,12 @@ def _plot(path, title, ylabel, curves):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, points in curves.items():
+    # One colour per curve: the default cycle repeats after 10 (the Mask2Former-style losses
+    # have 13 series), tab20 after 20.
+    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for (key, points), color in zip(curves.items(), colors * (1 + len(curves) // 20)):
         points = sorted(dict(points).items())  # a resumed run rewrites iterations: keep the last
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=key,
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=key, color=color,
                 marker="o" if len(points) < 30 else None)
     ax.set(title=title, xlabel="iteration", ylabel=ylabel)
     ax.grid(alpha=0.3)

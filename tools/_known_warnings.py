@@ -1,0 +1,14 @@
+"""Warnings that d2ext's dependencies raise on every run and that a user cannot act on, each
+silenced here by its message before d2ext (and so detectron2) is imported; any other warning is
+still shown."""
+import warnings
+
+# fvcore (detectron2's dependency) scripts helpers with torch.jit.script, deprecated in torch.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
+                        category=FutureWarning)
+# detectron2 and segment-anything call torch.meshgrid without indexing=.
+warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release",
+                        category=UserWarning)
+# detectron2's annotations_to_instances wraps read-only NumPy masks (it copies them itself).
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
+                        category=UserWarning)
