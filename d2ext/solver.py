@@ -1,7 +1,5 @@
 """Optimizer and LR schedule for DINO-backbone models: backbone LR multiplier, layer-wise LR
 decay, Mask2Former's whole-model gradient clipping and EoMT's two-stage warm-up."""
-import re
-
 import torch
 from detectron2.solver import build_lr_scheduler as build_detectron2_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -9,7 +7,6 @@ from torch import nn
 
 from .modeling.backbone.dino_vit import DinoViTBackbone
 
-_BLOCK = re.compile(r"(?:^|\.)layer\.(\d+)\.")
 # Token and position parameters get no weight decay, as in DINO's and ViTDet's recipes.
 _NO_DECAY = ("cls_token", "register_tokens", "position_embeddings")
 
@@ -18,17 +15,14 @@ def dino_lr_factor_func(model, backbone_multiplier=1.0, layer_decay=1.0):
     """name -> LR factor: ``backbone_multiplier * layer_decay ** (depth + 1 - layer_id)`` for the
     DINO ViT's parameters (embeddings: layer 0, block i: i + 1, final norm: depth + 1) and 1.0
     for everything else (neck, heads)."""
-    depth = {(name + "." if name else "") + "vit.": m.num_blocks
-             for name, m in model.named_modules() if isinstance(m, DinoViTBackbone)}
+    vits = {(name + "." if name else "") + "vit.": m
+            for name, m in model.named_modules() if isinstance(m, DinoViTBackbone)}
 
     def factor(name):
-        for prefix in depth:
+        for prefix, vit in vits.items():
             if name.startswith(prefix):
-                rest = name[len(prefix):]
-                block = _BLOCK.search(rest)
-                layer_id = (int(block.group(1)) + 1 if block else
-                            0 if rest.startswith("embeddings") else depth[prefix] + 1)
-                return backbone_multiplier * layer_decay ** (depth[prefix] + 1 - layer_id)
+                layer_id = vit.layer_id(name[len(prefix):])
+                return backbone_multiplier * layer_decay ** (vit.num_blocks + 1 - layer_id)
         return 1.0
 
     return factor

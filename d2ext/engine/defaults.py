@@ -2,6 +2,7 @@
 import logging
 
 import torch
+from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..config import default_device, get_d2ext_cfg
 from ..data.datasets import register_datasets_from_cfg
@@ -70,8 +71,6 @@ def setup_cfg(config_file="", opts=(), coco_datasets=(), sem_seg_datasets=()):
     cfg.DATASETS.SEM_SEG = [list(e) for e in cfg.DATASETS.SEM_SEG] + \
         [list(e) for e in sem_seg_datasets]
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
-    from detectron2.modeling import META_ARCH_REGISTRY
-
     if cfg.MODEL.META_ARCHITECTURE not in META_ARCH_REGISTRY:
         names = sorted(name for name, _ in META_ARCH_REGISTRY)
         raise ValueError(f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} is not "

@@ -1,6 +1,7 @@
 """DINOv2 / DINOv3 ViTs from transformers as a detectron2 Backbone with a true stride of 16."""
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,8 @@ logger = logging.getLogger(__name__)
 
 # The grid every d2ext backbone presents to detectron2, whatever the ViT's patch size.
 DINO_STRIDE = 16
+# A block's parameters in transformers' ViTs: "...layer.<i>...." (DINOv2 and DINOv3 alike).
+_BLOCK_PARAM = re.compile(r"(?:^|\.)layer\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,15 @@ class DinoViTBackbone(Backbone):
     @property
     def size_divisibility(self):
         return DINO_STRIDE
+
+    def layer_id(self, param_name):
+        """Depth of one of the ViT's parameters (named relative to ``self.vit``), for layer-wise
+        LR decay: 0 for the embeddings, i + 1 for block i, ``num_blocks + 1`` for the final
+        norm."""
+        block = _BLOCK_PARAM.search(param_name)
+        if block:
+            return int(block.group(1)) + 1
+        return 0 if param_name.startswith("embeddings") else self.num_blocks + 1
 
     def forward(self, x):
         h, w = x.shape[-2:]

@@ -11,7 +11,6 @@ The math equals transformers' ``EomtForUniversalSegmentation`` (DINOv2 family) a
 checkpoint of this model.
 """
 import math
-import re
 
 import torch
 import torch.nn.functional as F
@@ -215,23 +214,18 @@ class EoMT(nn.Module):
 
     def lr_factor_func(self, cfg):
         """EoMT's layer-wise LR decay (d2ext.solver reads it): block i of the ViT's L gets
-        MODEL.DINO.LAYER_DECAY ** (L - 1 - i) and the embeddings that of block 0, while the last
-        NUM_BLOCKS blocks (which also process the queries), the final norm and the head keep the
-        full LR; backbone factors are times SOLVER.BACKBONE_MULTIPLIER."""
-        depth, decay = self.backbone.num_blocks, cfg.MODEL.DINO.LAYER_DECAY
-        multiplier = cfg.SOLVER.BACKBONE_MULTIPLIER
-        block_re = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+        MODEL.DINO.LAYER_DECAY ** (L - 1 - i) and the embeddings LAYER_DECAY ** (L - 1), while
+        the last NUM_BLOCKS blocks (which also process the queries), the final norm and the head
+        keep the full LR; backbone factors are times SOLVER.BACKBONE_MULTIPLIER."""
+        vit, decay = self.backbone, cfg.MODEL.DINO.LAYER_DECAY
+        full_lr_from = vit.num_blocks - self.num_blocks + 1  # layer id of the first query block
 
         def factor(name):
             if not name.startswith("backbone.vit."):
                 return 1.0
-            rest = name[len("backbone.vit."):]
-            block = block_re.search(rest)
-            if block:
-                i = int(block.group(1))
-                return multiplier * (1.0 if i >= depth - self.num_blocks else
-                                     decay ** (depth - 1 - i))
-            return multiplier * (decay ** (depth - 1) if rest.startswith("embeddings") else 1.0)
+            layer_id = vit.layer_id(name[len("backbone.vit."):])
+            exponent = 0 if layer_id >= full_lr_from else vit.num_blocks - max(layer_id, 1)
+            return cfg.SOLVER.BACKBONE_MULTIPLIER * decay ** exponent
 
         return factor
 
