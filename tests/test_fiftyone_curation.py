@@ -165,6 +165,24 @@ def test_printed_command_trains_and_predictions_come_back(curated, capsys, monke
     errors = [s.eval_fp + s.eval_fn for s in worst]
     assert errors == sorted(errors, reverse=True)
 
+    # One unreadable image among good ones: named, counted, the others predicted, exit 1.
+    broken = tmp / "broken.jpg"
+    broken.write_text("not an image")
+    fo_sample = type(dataset.first())
+    dataset.add_sample(fo_sample(filepath=str(broken), tags=["predict-broken"]))
+    for sample in val:
+        sample.tags.append("predict-broken")
+        sample.save()
+    assert curate_fiftyone.main([
+        "predict", "--dataset", dataset.name, "--config-file",
+        os.path.join(output_dir, "config.yaml"), "--no-app", "--tags", "predict-broken",
+        "--pred-field", "predictions_b", "--eval-key", "eval_b",
+        "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "Predicted 3 samples" in captured.out
+    assert "mask mAP@[.5:.95] (3 samples):" in captured.out
+    assert f"1 sample(s) failed:\n  {broken}" in captured.err
+
 
 def _free_port():
     with socket.socket() as s:

@@ -31,6 +31,77 @@ def test_predictor_outputs_match_any_image_size(config, tmp_path):
             assert out["sem_seg"].shape[1:] == (h, w)
 
 
+@pytest.fixture(scope="module")
+def awkward_folder(tmp_path_factory):
+    """PNGs of every awkward size (one in a subfolder), plain colour with a bright square."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("awkward")
+    (folder / "sub").mkdir()
+    for i, (h, w) in enumerate(SIZES):
+        image = np.full((h, w, 3), 40 + 30 * i, np.uint8)
+        image[h // 4:h // 2 + 1, w // 4:w // 2 + 1] = 230
+        Image.fromarray(image).save(folder / ("sub" if i % 2 else "") / f"{h}x{w}.png")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart_mask2former.yaml",
+                                    "quickstart_eomt.yaml", "quickstart_semseg.yaml",
+                                    "sam_tiny.yaml"])
+def test_demo_draws_every_awkward_size_for_every_head(config, awkward_folder, tmp_path):
+    from PIL import Image
+
+    from d2ext.cli import demo
+
+    out = tmp_path / "drawn"
+    assert demo.main(["--config-file", os.path.join(CONFIGS, config), "--input",
+                      str(awkward_folder), "--output", str(out), "--confidence-threshold", "0",
+                      "--opts", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path),
+                      # random weights give ragged masks of thousands of polygons: draw few
+                      "TEST.DETECTIONS_PER_IMAGE", "3"]) == 0
+    for i, (h, w) in enumerate(SIZES):
+        drawn = out / ("sub" if i % 2 else "") / f"{h}x{w}.png.png"
+        with Image.open(drawn) as image:
+            assert image.size == (w, h)
+
+
+def test_large_images_are_drawn_at_a_bounded_size_with_the_predictions_resampled():
+    import cv2
+    import torch
+    from detectron2.data.catalog import Metadata
+    from detectron2.structures import Boxes, Instances
+
+    from d2ext.engine.predictor import downscale_outputs, draw_predictions
+
+    h, w = 300, 500
+    mask = np.zeros((h, w), bool)
+    mask[100:250, 40:200] = True
+    instances = Instances((h, w), pred_masks=torch.from_numpy(mask)[None],
+                          pred_boxes=Boxes(torch.tensor([[40.0, 100.0, 200.0, 250.0]])),
+                          scores=torch.tensor([0.9]), pred_classes=torch.tensor([0]))
+    small = downscale_outputs({"instances": instances}, (h, w), (60, 100))["instances"]
+    assert small.image_size == (60, 100)
+    expected = cv2.resize(mask.astype(np.uint8), (100, 60), interpolation=cv2.INTER_NEAREST_EXACT)
+    assert np.array_equal(small.pred_masks[0].numpy(), expected.astype(bool))
+    assert small.pred_boxes.tensor.tolist() == [[8.0, 20.0, 40.0, 50.0]]
+
+    image = np.full((h, w, 3), 128, np.uint8)
+    metadata = Metadata(name="d2ext_test_draw", thing_classes=["a"],
+                        stuff_classes=["x", "y", "z"])
+    drawn = draw_predictions(image, {"instances": instances}, metadata, max_side=100)
+    assert drawn.shape == (60, 100, 3)
+    # the mask's tint lands where the resampled mask is; the far corner keeps the image's grey
+    assert np.abs(drawn[35, 15].astype(int) - 128).max() > 10
+    assert np.abs(drawn[5, 95].astype(int) - 128).max() <= 2
+    sem_seg = torch.zeros(3, h, w)
+    sem_seg[2][torch.from_numpy(mask)] = 1.0
+    labels = downscale_outputs({"sem_seg": sem_seg}, (h, w), (60, 100))["sem_seg_labels"]
+    assert np.array_equal(labels.numpy() == 2, expected.astype(bool))
+    assert draw_predictions(image, {"sem_seg": sem_seg}, metadata, max_side=100).shape == \
+        (60, 100, 3)
+
+
 def test_lsj_training_mapper_takes_thin_images(tmp_path):
     from PIL import Image
 

@@ -90,11 +90,18 @@ def cmd_predict(args):
     if not cfg.MODEL.WEIGHTS:
         raise CurationError("MODEL.WEIGHTS is not set: add `MODEL.WEIGHTS path/model_final.pth` "
                             "(the trained model) after the options.")
-    stats = add_predictions(view, cfg, args.classes, args.pred_field, args.confidence)
+    stats = add_predictions(view, cfg, args.classes, args.pred_field, args.confidence,
+                            debug=args.debug)
     print(f"Predicted {stats['predicted']} samples into field {args.pred_field!r}" +
           (f", skipped {stats['missing_images']} missing image(s)" if stats["missing_images"]
            else ""))
+    if stats["failed"]:
+        print(f"{len(stats['failed'])} sample(s) failed:" +
+              "".join(f"\n  {f}" for f in stats["failed"]), file=sys.stderr)
     view = view.exists(args.pred_field)
+    if len(view) == 0:
+        raise CurationError(f"no sample was predicted into {args.pred_field!r}; see the errors "
+                            "above.")
     _, summary = evaluate_predictions(view, args.pred_field, args.gt_field, args.eval_key,
                                       args.classes)
     print(f"mask mAP@[.5:.95] ({len(view)} samples): {summary['mAP']:.4f}")
@@ -103,6 +110,7 @@ def cmd_predict(args):
     if not args.no_app:
         open_app(worst_samples(view, args.eval_key), args,
                  f"worst samples first by {args.eval_key}_fp + {args.eval_key}_fn")
+    return 1 if stats["failed"] else 0
 
 
 def argument_parser():
@@ -161,6 +169,8 @@ def argument_parser():
     p.add_argument("--eval-key", default="eval")
     p.add_argument("--confidence", type=float, default=0.05)
     p.add_argument("--no-app", action="store_true", help="print the evaluation only")
+    p.add_argument("--debug", action="store_true",
+                   help="stop at the first failing sample with its traceback")
     add_app_args(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
@@ -191,8 +201,7 @@ def main(argv=None):
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (CurationError, FiftyOneUnavailable, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0

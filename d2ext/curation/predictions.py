@@ -41,12 +41,15 @@ def instances_to_detections(instances, classes, image_size):
 
 
 def add_predictions(collection, cfg, classes=None, pred_field="predictions",
-                    confidence_threshold=0.05):
+                    confidence_threshold=0.05, debug=False):
     """Predict every sample of ``collection`` with the d2ext model of ``cfg`` (MODEL.WEIGHTS
-    set) and store the results in ``pred_field``. Images missing on disk are skipped.
+    set) and store the results in ``pred_field``. Images missing on disk are skipped. An
+    exception while reading or predicting one sample is logged with its file name and the run
+    goes on (``debug``: raised instead); a class index the dataset lacks stops the run, since
+    every sample would fail the same way.
 
     Returns:
-        {"predicted": N, "missing_images": M}
+        {"predicted": N, "missing_images": M, "failed": [filepath, ...]}
     """
     classes = list(classes or collection.default_classes or [])
     if not classes:
@@ -54,15 +57,26 @@ def add_predictions(collection, cfg, classes=None, pred_field="predictions",
                             "in the model's class order.")
     require_fiftyone()
     predictor = load_predictor(cfg)
-    stats = {"predicted": 0, "missing_images": 0}
+    stats = {"predicted": 0, "missing_images": 0, "failed": []}
     for sample in collection.iter_samples(autosave=True, progress=True):
         if not os.path.isfile(sample.filepath):
             stats["missing_images"] += 1
             continue
-        image = read_image_any(sample.filepath, "BGR")  # DefaultPredictor's input format
-        instances = predictor(image)["instances"].to("cpu")
-        instances = instances[instances.scores >= confidence_threshold]
-        sample[pred_field] = instances_to_detections(instances, classes, image.shape[:2])
+        try:
+            image = read_image_any(sample.filepath, "BGR")  # DefaultPredictor's input format
+            instances = predictor(image)["instances"].to("cpu")
+            instances = instances[instances.scores >= confidence_threshold]
+            detections = instances_to_detections(instances, classes, image.shape[:2])
+        except CurationError:
+            raise
+        except Exception as err:  # one sample never ends a run over many
+            if debug:
+                raise
+            message = (str(err).strip().splitlines() or [""])[0]
+            logger.error(f"failed {sample.filepath}: {type(err).__name__}: {message}")
+            stats["failed"].append(sample.filepath)
+            continue
+        sample[pred_field] = detections
         stats["predicted"] += 1
     if stats["missing_images"]:
         logger.warning(f"skipped {stats['missing_images']} sample(s) whose image is missing.")

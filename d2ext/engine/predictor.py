@@ -1,10 +1,17 @@
 """Single-image inference and drawing, with detectron2's DefaultPredictor and Visualizer."""
+import logging
+
+import cv2
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from ..checkpoint import AtomicCheckpointer
 from ..data.dataset_mappers.lsj_augmentation import ResizeShortestEdge
+
+logger = logging.getLogger(__name__)
 
 
 def load_predictor(cfg):
@@ -48,9 +55,59 @@ def draw_outputs(outputs, draw_panoptic, draw_instances, draw_sem_seg, confidenc
     raise ValueError(f"nothing to draw in the model's outputs (keys: {sorted(outputs)})")
 
 
-def draw_predictions(image_bgr, outputs, metadata, confidence_threshold=0.5):
-    """Draw ``outputs`` (instances, sem_seg or panoptic_seg) on the image; returns RGB uint8."""
+# The longest side a drawing gets. Matplotlib's canvas and the Visualizer's per-mask work grow
+# with the pixel count (an 8000x6000 photo took gigabytes); above this, image and predictions
+# are resampled to it before drawing.
+MAX_DRAW_SIDE = 4096
+
+
+def _nearest_indices(size, new_size):
+    """Source rows (or columns) a nearest-neighbour resample from ``size`` to ``new_size`` reads:
+    the centre of each output pixel, as cv2.INTER_NEAREST_EXACT and PIL's NEAREST sample."""
+    return ((torch.arange(new_size) + 0.5) * (size / new_size)).long().clamp_(max=size - 1)
+
+
+def downscale_outputs(outputs, image_size, new_size, confidence_threshold=0.5):
+    """``outputs`` resampled from ``image_size`` to ``new_size`` (H, W) for drawing: instances
+    below ``confidence_threshold`` are dropped first, masks and label maps are sampled nearest,
+    boxes scaled, a semantic map reduced to its argmax (what is drawn)."""
+    (h, w), (nh, nw) = image_size, new_size
+    rows, cols = _nearest_indices(h, nh), _nearest_indices(w, nw)
+    if "panoptic_seg" in outputs:
+        panoptic, segments = outputs["panoptic_seg"]
+        return {"panoptic_seg": (panoptic.to("cpu")[rows[:, None], cols], segments)}
+    if "instances" in outputs:
+        instances = outputs["instances"].to("cpu")
+        if instances.has("scores"):
+            instances = instances[instances.scores >= confidence_threshold]
+        fields = instances.get_fields()
+        small = Instances((nh, nw))
+        for name, value in fields.items():
+            if name == "pred_masks":
+                value = value[:, rows[:, None], cols]
+            elif name == "pred_boxes":
+                value = value.clone()
+                value.scale(nw / w, nh / h)
+            small.set(name, value)
+        return {"instances": small}
+    labels = outputs["sem_seg"].argmax(dim=0).to("cpu")[rows[:, None], cols]
+    return {"sem_seg_labels": labels}
+
+
+def draw_predictions(image_bgr, outputs, metadata, confidence_threshold=0.5,
+                     max_side=MAX_DRAW_SIDE):
+    """Draw ``outputs`` (instances, sem_seg or panoptic_seg) on the image; returns RGB uint8.
+    An image whose longer side exceeds ``max_side`` is drawn at that size (its aspect kept)."""
+    h, w = image_bgr.shape[:2]
+    scale = max_side / max(h, w)
+    if scale < 1:
+        new_size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        outputs = downscale_outputs(outputs, (h, w), new_size, confidence_threshold)
+        image_bgr = cv2.resize(image_bgr, new_size[::-1], interpolation=cv2.INTER_AREA)
+        logger.info(f"drawn at {new_size[1]}x{new_size[0]} (the image is {w}x{h})")
     visualizer = Visualizer(image_bgr[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    if "sem_seg_labels" in outputs:
+        return visualizer.draw_sem_seg(outputs["sem_seg_labels"]).get_image()
     return draw_outputs(outputs, visualizer.draw_panoptic_seg,
                         visualizer.draw_instance_predictions, visualizer.draw_sem_seg,
                         confidence_threshold).get_image()
