@@ -8,11 +8,44 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 
+_PARTIAL = ".d2ext-partial-"  # in the name of a file being written: .NAME.d2ext-partial-PID-XXXX
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_abandoned_partial_files(directory):
+    """Delete the temporary files of saves whose process is gone (killed mid-write, where no
+    clean-up runs); those of live processes are kept. Returns the paths removed."""
+    removed = []
+    for name in os.listdir(directory):
+        if not name.startswith(".") or _PARTIAL not in name:
+            continue
+        pid = name.rsplit(_PARTIAL, 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+            except OSError:
+                pass
+    return removed
+
+
 def _atomic_write(path, write):
     """Write through ``write(file)`` to a temporary sibling, fsync, then rename over ``path``:
-    a crash or a full disk mid-write leaves the previous file intact."""
+    a crash or a full disk mid-write leaves the previous file intact, and the next save removes
+    what a killed one left."""
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    remove_abandoned_partial_files(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{_PARTIAL}{os.getpid()}-",
+                               dir=directory)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the user's mode

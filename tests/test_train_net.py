@@ -114,6 +114,39 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_final.pth")
 
 
+_SAVE_AND_HANG = """
+import sys, time, torch
+from d2ext.checkpoint import AtomicCheckpointer
+def hang(data, f):
+    f.write(b"half")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+torch.save = hang
+AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=sys.argv[1]).save("model_0000009")
+"""
+
+
+def test_a_save_killed_mid_write_leaves_nothing_once_the_next_save_runs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _SAVE_AND_HANG, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".model_0000009.pth")]
+    assert len(leftovers) == 1  # the temporary file exists while the save runs
+    checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path),
+                                      tag_last=False)
+    checkpointer.save("model_best")
+    assert leftovers[0] in os.listdir(tmp_path)  # a live process's save is left alone
+    child.send_signal(signal.SIGKILL)  # no clean-up runs
+    child.wait()
+    checkpointer.save("model_best")
+    assert sorted(os.listdir(tmp_path)) == ["model_best.pth"]
+
+
 def test_pkl_weights_load_numpy_and_refuse_code(tmp_path):
     import pickle
 
