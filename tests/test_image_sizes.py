@@ -116,3 +116,19 @@ def test_lsj_training_mapper_takes_thin_images(tmp_path):
         assert min(out["image"].shape[1:]) >= 1
         assert out["instances"].gt_masks.tensor.shape[1:] == out["image"].shape[1:]
     assert isinstance(mapper.augmentations.augs[1], T.ResizeScale)
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_detectron2_default_mapper_takes_thin_images(is_train, tmp_path):
+    from PIL import Image
+
+    from d2ext.data.dataset_mappers import build_default_mapper
+
+    cfg = setup_cfg(os.path.join(CONFIGS, "quickstart.yaml"), ["MODEL.DEVICE", "cpu"])
+    mapper = build_default_mapper(cfg, is_train)  # Mask R-CNN's, and every head's evaluation
+    for h, w in [(1, 4000), (4000, 1), (1, 1)]:
+        path = str(tmp_path / f"{h}x{w}.png")
+        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(path)
+        out = mapper({"file_name": path, "height": h, "width": w, "image_id": 1,
+                      "annotations": []})
+        assert min(out["image"].shape[1:]) >= 1

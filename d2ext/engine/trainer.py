@@ -113,14 +113,23 @@ class Trainer(DefaultTrainer):
     # INPUT.DATASET_MAPPER_NAME picks the mapper (Mask2Former-style LSJ mappers or detectron2's).
     @classmethod
     def build_train_loader(cls, cfg):
-        from detectron2.data import DatasetMapper, build_detection_train_loader
+        from detectron2.data import build_detection_train_loader
 
         from ..data.dataset_mappers import SkipUnreadableImages, build_train_mapper
 
-        mapper = build_train_mapper(cfg) or DatasetMapper(cfg, is_train=True)
+        mapper = build_train_mapper(cfg)
         loader = build_detection_train_loader(cfg, mapper=SkipUnreadableImages(mapper))
         check_num_classes(cfg, cfg.DATASETS.TRAIN)  # the datasets are loaded now
         return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        from detectron2.data import build_detection_test_loader
+
+        from ..data.dataset_mappers import build_default_mapper
+
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=build_default_mapper(cfg, is_train=False))
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -1,6 +1,10 @@
 """Dataset mappers of the Mask2Former-style models, chosen by INPUT.DATASET_MAPPER_NAME."""
 import logging
 
+from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
+
+from .lsj_augmentation import ResizeShortestEdge
 from .mask_former_instance_mapper import MaskFormerInstanceDatasetMapper
 from .mask_former_semantic_mapper import MaskFormerSemanticDatasetMapper
 
@@ -30,12 +34,22 @@ class SkipUnreadableImages:
             return None
 
 
+def build_default_mapper(cfg, is_train):
+    """detectron2's ``DatasetMapper`` with its configured augmentations, whose shortest-edge
+    resize keeps every side of a very thin image at least one pixel."""
+    kwargs = DatasetMapper.from_config(cfg, is_train)
+    kwargs["augmentations"] = [
+        ResizeShortestEdge(a.short_edge_length, a.max_size, a.sample_style, a.interp)
+        if type(a) is T.ResizeShortestEdge else a for a in kwargs["augmentations"]]
+    return DatasetMapper(**kwargs)
+
+
 def build_train_mapper(cfg):
-    """The training mapper named by INPUT.DATASET_MAPPER_NAME; None for "" (detectron2's
-    default ``DatasetMapper``)."""
+    """The training mapper named by INPUT.DATASET_MAPPER_NAME; for "", detectron2's
+    ``DatasetMapper`` (``build_default_mapper``)."""
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if not name:
-        return None
+        return build_default_mapper(cfg, is_train=True)
     if name not in MAPPERS:
         raise ValueError(f"INPUT.DATASET_MAPPER_NAME = {name!r} is unknown; use one of "
                          f"{sorted(MAPPERS)} or \"\" for detectron2's DatasetMapper.")
