@@ -256,3 +256,15 @@ def test_tools_start_without_known_dependency_warnings():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "--config-file" in result.stdout
     assert "torch.jit.script" not in result.stderr and "Warning" not in result.stderr
+
+
+def test_import_d2ext_leaves_the_heavy_libraries_to_the_commands_that_use_them():
+    import subprocess
+    import sys
+
+    heavy = ["transformers", "scipy", "fiftyone", "segment_anything", "matplotlib"]
+    code = f"import sys, d2ext; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -1,7 +1,6 @@
 """Hungarian matching of predicted masks to ground-truth masks (Mask2Former's set matching)."""
 import torch
 from detectron2.projects.point_rend.point_features import point_sample
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.nn import functional as F
 
@@ -71,6 +70,8 @@ class HungarianMatcher(nn.Module):
 
         Returns B pairs (query_idx, target_idx) of int64 tensors of length min(Q, N):
         query ``query_idx[i]`` is assigned to target ``target_idx[i]``."""
+        from scipy.optimize import linear_sum_assignment  # here: `import d2ext` stays light
+
         indices = []
         for b, target in enumerate(targets):
             cost = self.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b],

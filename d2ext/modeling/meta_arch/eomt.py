@@ -18,7 +18,6 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
-from transformers.activations import ACT2FN
 
 from ..backbone.dino_vit import DinoViTBackbone
 from ..criterion import build_set_criterion
@@ -183,6 +182,8 @@ class EoMT(nn.Module):
         self.num_prefix_tokens = backbone.arch.num_prefix_tokens
         self.num_queries, self.num_blocks = num_queries, num_blocks
         width = backbone.arch.width
+        from transformers.activations import ACT2FN  # with the ViT: `import d2ext` stays light
+
         activation = ACT2FN[self.vit.config.hidden_act]  # the head uses the ViT's, as EoMT does
         self.query = nn.Embedding(num_queries, width)
         self.upscale_block = ScaleBlock(width, num_upscale_blocks, activation)

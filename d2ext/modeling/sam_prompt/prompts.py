@@ -9,7 +9,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ..backbone.dino_vit import DINO_STRIDE
 
@@ -37,6 +36,8 @@ def _region_prompts(region_maps, priority, image_size, classes=None):
     """One point + box prompt per connected region. ``region_maps``: list of (h, w) bool maps;
     ``priority``: list of (h, w) scores, the point goes to the region's best cell (its centre;
     the caller clamps centres of partial edge cells into the image)."""
+    from scipy import ndimage  # here: `import d2ext` stays light
+
     points, boxes, kept_classes = [], [], []
     height, width = image_size
     for index, (region, score) in enumerate(zip(region_maps, priority)):
