@@ -1,6 +1,7 @@
 """Warnings that d2ext's dependencies raise on every run and that a user cannot act on, each
 silenced here by its message before d2ext (and so detectron2) is imported; any other warning is
 still shown."""
+import logging
 import warnings
 
 # fvcore (detectron2's dependency) scripts helpers with torch.jit.script, deprecated in torch.
@@ -12,3 +13,6 @@ warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming releas
 # detectron2's annotations_to_instances wraps read-only NumPy masks (it copies them itself).
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable",
                         category=UserWarning)
+# detectron2's ROIPooler asks torch.fx whether it is tracing; torch logs a deprecation once.
+logging.getLogger("torch.fx._symbolic_trace").addFilter(
+    lambda record: "is_fx_tracing will return true" not in record.getMessage())
