@@ -3,6 +3,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from types import MethodType
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ class DinoArch:
     mlp: int  # hidden width of the MLP (gated MLPs: of each branch)
     gated: bool = False  # SwiGLU MLP
     hub_id: str = ""  # the official transformers weights for this architecture
+    qkv_bias: bool = True  # query and value biases (DINOv3 has no key bias; the 7B none at all)
 
     @property
     def num_prefix_tokens(self):
@@ -40,8 +42,8 @@ def _v2(width, depth, heads, hub, gated=False, reg=False):
                     hub)
 
 
-def _v3(width, depth, heads, mlp, hub, gated=False):
-    return DinoArch("dinov3", width, depth, heads, 16, mlp, gated, hub)
+def _v3(width, depth, heads, mlp, hub, gated=False, qkv_bias=True):
+    return DinoArch("dinov3", width, depth, heads, 16, mlp, gated, hub, qkv_bias)
 
 
 _V3_HUB = "facebook/dinov3-{}-pretrain-lvd1689m"
@@ -59,6 +61,8 @@ DINO_ARCHS = {
     "dinov3_vitb16": _v3(768, 12, 12, 3072, _V3_HUB.format("vitb16")),
     "dinov3_vitl16": _v3(1024, 24, 16, 4096, _V3_HUB.format("vitl16")),
     "dinov3_vithplus16": _v3(1280, 32, 20, 5120, _V3_HUB.format("vith16plus"), gated=True),
+    "dinov3_vit7b16": _v3(4096, 40, 32, 8192, _V3_HUB.format("vit7b16"), gated=True,
+                          qkv_bias=False),
     # Tiny random-weight architectures for tests and the CPU quickstart.
     "dinov2_tiny14": DinoArch("dinov2", 64, 4, 2, 14, 128),
     "dinov2_tiny14_reg": DinoArch("dinov2_reg", 64, 4, 2, 14, 128),
@@ -66,8 +70,29 @@ DINO_ARCHS = {
 }
 
 
+def _meta_dinov2_interpolate_pos_encoding(self, embeddings, height, width):
+    """DINOv2's position embeddings for a ``height`` x ``width`` image as Meta's DINOv2 resamples
+    them: bicubic with the scale factor ``(grid + 0.1) / native grid`` (the "interpolate_offset"
+    every DINOv2 model without registers was trained and evaluated with). transformers'
+    ``Dinov2Model`` resamples to the size instead, which moves its patch tokens by up to 6e-2 from
+    Meta's at any grid other than the native 37 x 37; the with-registers models use size and
+    antialiasing in both, so they are left to transformers."""
+    num_positions = self.position_embeddings.shape[1] - 1
+    if embeddings.shape[1] - 1 == num_positions and height == width:
+        return self.position_embeddings
+    grid = int(math.sqrt(num_positions))
+    patch = self.config.patch_size
+    new_h, new_w = height // patch, width // patch
+    pos = self.position_embeddings[:, 1:].float().reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, scale_factor=((new_h + 0.1) / grid, (new_w + 0.1) / grid),
+                        mode="bicubic", antialias=False)
+    pos = pos.permute(0, 2, 3, 1).reshape(1, new_h * new_w, -1)
+    return torch.cat([self.position_embeddings[:, :1], pos.to(embeddings.dtype)], dim=1)
+
+
 def build_hf_vit(arch: DinoArch, drop_path_rate=0.0):
-    """A randomly initialised transformers ViT of the given architecture."""
+    """A randomly initialised transformers ViT of the given architecture (DINOv2 without
+    registers: with Meta's position-embedding resampling, ``_meta_dinov2_interpolate_pos_encoding``)."""
     from transformers import (Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig,
                               Dinov2WithRegistersModel, DINOv3ViTConfig, DINOv3ViTModel)
 
@@ -77,12 +102,16 @@ def build_hf_vit(arch: DinoArch, drop_path_rate=0.0):
     if arch.family == "dinov3":
         config = DINOv3ViTConfig(**common, intermediate_size=arch.mlp, use_gated_mlp=arch.gated,
                                  hidden_act="silu" if arch.gated else "gelu",
-                                 num_register_tokens=4)
+                                 num_register_tokens=4, query_bias=arch.qkv_bias,
+                                 value_bias=arch.qkv_bias)
         return DINOv3ViTModel(config)
     v2 = dict(common, mlp_ratio=arch.mlp // arch.width, use_swiglu_ffn=arch.gated, image_size=518)
     if arch.family == "dinov2_reg":
         return Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**v2, num_register_tokens=4))
-    return Dinov2Model(Dinov2Config(**v2))
+    vit = Dinov2Model(Dinov2Config(**v2))
+    vit.embeddings.interpolate_pos_encoding = MethodType(_meta_dinov2_interpolate_pos_encoding,
+                                                         vit.embeddings)
+    return vit
 
 
 class DinoViTBackbone(Backbone):

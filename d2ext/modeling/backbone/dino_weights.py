@@ -6,6 +6,9 @@ from collections import Counter
 
 import torch
 
+from ..converters.dino_meta import (MetaCheckpointError, convert_meta_dino, describe_hf,
+                                    describe_meta, meta_prefix)
+
 logger = logging.getLogger(__name__)
 
 _STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -91,11 +94,37 @@ def _from_pretrained(vit, weights, arch_name):
         raise _hub_error(weights, arch_name, err) from err
 
 
+def _from_meta(vit, state, prefix, weights, arch_name):
+    """transformers-layout state dict of a Meta-layout checkpoint, after checking that the
+    architecture it holds is the configured one."""
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    there, here = describe_meta(state), describe_hf(vit)
+    differ = [f"{k}: {there[k]!r} there, {here[k]!r} here" for k in there if there[k] != here[k]]
+    if differ:
+        from .dino_vit import DINO_ARCHS
+
+        fits = [name for name, a in DINO_ARCHS.items()
+                if (a.family, a.width, a.depth, a.patch, a.gated) == tuple(
+                    there[k] for k in ("family", "width", "depth", "patch", "gated"))]
+        raise DinoWeightsError(
+            f"MODEL.DINO.WEIGHTS={weights!r} (a Meta {there['family']} checkpoint) does not fit "
+            f"MODEL.DINO.ARCH={arch_name!r} ({'; '.join(differ)}). Set MODEL.DINO.ARCH to the "
+            "architecture of the weights" + (f": {' or '.join(fits)}." if fits else "."))
+    try:
+        converted = convert_meta_dino(state)
+    except MetaCheckpointError as err:
+        raise DinoWeightsError(f"MODEL.DINO.WEIGHTS={weights!r}: {err}") from None
+    logger.info(f"{weights}: Meta's {there['family']} layout, converted to transformers'")
+    return converted
+
+
 def load_dino_weights(vit, weights, arch_name=""):
     """Load ``weights`` into the transformers ViT ``vit`` (built from MODEL.DINO.ARCH).
 
     ``weights`` is a local ``save_pretrained`` directory, a state-dict file (.pth/.pt/.bin/
-    .safetensors, optionally wrapped in "model"/"state_dict" and prefixed), or a hub id.
+    .safetensors, optionally wrapped in "model"/"state_dict"/"teacher" and prefixed) in
+    transformers' layout or in Meta's (the original facebookresearch/dinov2 and dinov3
+    checkpoints, converted on load: ``d2ext.modeling.converters.dino_meta``), or a hub id.
     Every parameter of the model must be found with its shape, else DinoWeightsError names the
     mismatch: weights never load partially by accident.
     """
@@ -110,12 +139,10 @@ def load_dino_weights(vit, weights, arch_name=""):
             "('owner/name'). Give a local save_pretrained directory, a .pth/.safetensors state "
             "dict, or a hub id such as 'facebook/dinov2-small'.")
     own = vit.state_dict()
+    prefix = meta_prefix(state)
+    if prefix is not None:
+        state = _from_meta(vit, state, prefix, weights, arch_name)
     state = _strip_prefix(state, own)
-    if any(k.startswith(("blocks.", "patch_embed.")) for k in state):
-        raise DinoWeightsError(
-            f"MODEL.DINO.WEIGHTS={weights!r} holds an original facebookresearch checkpoint "
-            "(keys 'blocks.*', 'patch_embed.*'); d2ext reads transformers' layout. Use the hub "
-            "id or a save_pretrained directory of the same model instead.")
     missing = [k for k in own if k not in state]
     wrong = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in {arch_name}"
              for k, v in own.items() if k in state and state[k].shape != v.shape]

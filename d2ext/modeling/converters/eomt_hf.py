@@ -5,8 +5,6 @@ import os
 
 import torch
 
-from ..backbone.dino_vit import DINO_ARCHS
-
 
 class EomtConversionError(RuntimeError):
     """A transformers EoMT model could not be found or has no d2ext equivalent."""
@@ -44,6 +42,8 @@ def load_hf_eomt(src):
 
 
 def _find_arch(family, config, mlp, gated, patch):
+    from ..backbone.dino_vit import DINO_ARCHS  # the backbone loads weights through converters
+
     for name, arch in DINO_ARCHS.items():
         if (arch.family, arch.width, arch.depth, arch.heads, arch.mlp, arch.gated) == (
                 family, config.hidden_size, config.num_hidden_layers,
