@@ -10,8 +10,9 @@ def add_d2ext_config(cfg):
     # from this alone, so it builds offline with random weights.
     cfg.MODEL.DINO.ARCH = "dinov3_vits16"
     # Pretrained weights for the ViT only: "" (random), a transformers hub id, a local
-    # `save_pretrained` directory, or a `.pth` / `.safetensors` state dict. MODEL.WEIGHTS (the
-    # whole detector) is loaded afterwards and takes precedence.
+    # `save_pretrained` directory, or a `.pth` / `.safetensors` state dict in transformers' layout
+    # or Meta's (the original DINOv2 / DINOv3 files). MODEL.WEIGHTS (the whole detector) is
+    # loaded afterwards and takes precedence.
     cfg.MODEL.DINO.WEIGHTS = ""
     # Blocks whose (layer-normed) patch tokens feed the neck; 0-based, negative counts from the
     # end. Several blocks are concatenated along channels.
@@ -28,6 +29,10 @@ def add_d2ext_config(cfg):
     # Simple feature pyramid (ViTDet) over the ViT's stride-16 map: p2..p5 (+ p6 by max pool).
     # Its width and norm are MODEL.FPN.OUT_CHANNELS and MODEL.FPN.NORM.
     cfg.MODEL.DINO.SFP_SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
+    # --- DINOv3 ConvNeXt backbones (d2ext/modeling/backbone/dino_convnext.py): MODEL.DINO.ARCH
+    # dinov3_convnext_{tiny,small,base,large}; WEIGHTS and DROP_PATH_RATE as above, FREEZE_BLOCKS
+    # counts stages. The stages the backbone returns (res2..res5, strides 4-32):
+    cfg.MODEL.DINO.CONVNEXT_OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
     # === Mask2Former-style head: Mask2Former's key names ========================================
     # --- Transformer decoder, matcher and losses (d2ext/modeling/{transformer_decoder,matcher,

@@ -5,6 +5,7 @@ from detectron2.solver import build_lr_scheduler as build_detectron2_lr_schedule
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from torch import nn
 
+from .modeling.backbone.dino_convnext import DinoConvNextBackbone
 from .modeling.backbone.dino_vit import DinoViTBackbone
 
 # Token and position parameters get no weight decay, as in DINO's and ViTDet's recipes.
@@ -13,16 +14,21 @@ _NO_DECAY = ("cls_token", "register_tokens", "position_embeddings")
 
 def dino_lr_factor_func(model, backbone_multiplier=1.0, layer_decay=1.0):
     """name -> LR factor: ``backbone_multiplier * layer_decay ** (depth + 1 - layer_id)`` for the
-    DINO ViT's parameters (embeddings: layer 0, block i: i + 1, final norm: depth + 1) and 1.0
-    for everything else (neck, heads)."""
+    DINO ViT's parameters (embeddings: layer 0, block i: i + 1, final norm: depth + 1),
+    ``backbone_multiplier`` for a DINOv3 ConvNeXt's (no layer-wise decay over its stages) and
+    1.0 for everything else (neck, heads)."""
     vits = {(name + "." if name else "") + "vit.": m
             for name, m in model.named_modules() if isinstance(m, DinoViTBackbone)}
+    convnexts = tuple((name + "." if name else "") + "convnext."
+                      for name, m in model.named_modules() if isinstance(m, DinoConvNextBackbone))
 
     def factor(name):
         for prefix, vit in vits.items():
             if name.startswith(prefix):
                 layer_id = vit.layer_id(name[len(prefix):])
                 return backbone_multiplier * layer_decay ** (vit.num_blocks + 1 - layer_id)
+        if convnexts and name.startswith(convnexts):
+            return backbone_multiplier
         return 1.0
 
     return factor

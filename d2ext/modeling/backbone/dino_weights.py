@@ -6,8 +6,10 @@ from collections import Counter
 
 import torch
 
-from ..converters.dino_meta import (MetaCheckpointError, convert_meta_dino, describe_hf,
-                                    describe_meta, meta_prefix)
+from ..converters.dino_meta import (MetaCheckpointError, convert_meta_convnext,
+                                    convert_meta_dino, describe_hf, describe_hf_convnext,
+                                    describe_meta, describe_meta_convnext, meta_convnext_prefix,
+                                    meta_prefix)
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ def _strip_prefix(state, target_keys):
 
 _ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "patch_size", "num_register_tokens", "intermediate_size", "mlp_ratio",
-                "use_swiglu_ffn", "use_gated_mlp")
+                "use_swiglu_ffn", "use_gated_mlp", "query_bias", "value_bias", "hidden_sizes",
+                "depths")
 
 
 def _from_pretrained(vit, weights, arch_name):
@@ -94,32 +97,51 @@ def _from_pretrained(vit, weights, arch_name):
         raise _hub_error(weights, arch_name, err) from err
 
 
-def _from_meta(vit, state, prefix, weights, arch_name):
-    """transformers-layout state dict of a Meta-layout checkpoint, after checking that the
-    architecture it holds is the configured one."""
+def _fitting_archs(kind, there):
+    if kind == "convnext":
+        from .dino_convnext import DINO_CONVNEXT_ARCHS
+
+        return [name for name, a in DINO_CONVNEXT_ARCHS.items()
+                if (a.widths, a.depths) == (there["widths"], there["depths"])]
+    from .dino_vit import DINO_ARCHS
+
+    return [name for name, a in DINO_ARCHS.items()
+            if (a.family, a.width, a.depth, a.patch, a.gated) == tuple(
+                there[k] for k in ("family", "width", "depth", "patch", "gated"))]
+
+
+def _from_meta(model, state, weights, arch_name):
+    """transformers-layout state dict of a Meta-layout checkpoint (ViT or ConvNeXt), after
+    checking that the architecture it holds is the configured one; None when ``state`` is not in
+    Meta's layout."""
+    convnext = model.config.model_type == "dinov3_convnext"
+    prefix = (meta_convnext_prefix if convnext else meta_prefix)(state)
+    if prefix is None:
+        return None
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    there, here = describe_meta(state), describe_hf(vit)
+    if convnext:
+        there, here, what = describe_meta_convnext(state), describe_hf_convnext(model), "ConvNeXt"
+    else:
+        there, here = describe_meta(state), describe_hf(model)
+        what = there["family"]
     differ = [f"{k}: {there[k]!r} there, {here[k]!r} here" for k in there if there[k] != here[k]]
     if differ:
-        from .dino_vit import DINO_ARCHS
-
-        fits = [name for name, a in DINO_ARCHS.items()
-                if (a.family, a.width, a.depth, a.patch, a.gated) == tuple(
-                    there[k] for k in ("family", "width", "depth", "patch", "gated"))]
+        fits = _fitting_archs("convnext" if convnext else "vit", there)
         raise DinoWeightsError(
-            f"MODEL.DINO.WEIGHTS={weights!r} (a Meta {there['family']} checkpoint) does not fit "
+            f"MODEL.DINO.WEIGHTS={weights!r} (a Meta {what} checkpoint) does not fit "
             f"MODEL.DINO.ARCH={arch_name!r} ({'; '.join(differ)}). Set MODEL.DINO.ARCH to the "
             "architecture of the weights" + (f": {' or '.join(fits)}." if fits else "."))
     try:
-        converted = convert_meta_dino(state)
+        converted = (convert_meta_convnext if convnext else convert_meta_dino)(state)
     except MetaCheckpointError as err:
         raise DinoWeightsError(f"MODEL.DINO.WEIGHTS={weights!r}: {err}") from None
-    logger.info(f"{weights}: Meta's {there['family']} layout, converted to transformers'")
+    logger.info(f"{weights}: Meta's {what} layout, converted to transformers'")
     return converted
 
 
 def load_dino_weights(vit, weights, arch_name=""):
-    """Load ``weights`` into the transformers ViT ``vit`` (built from MODEL.DINO.ARCH).
+    """Load ``weights`` into the transformers ViT or ConvNeXt ``vit`` (built from
+    MODEL.DINO.ARCH).
 
     ``weights`` is a local ``save_pretrained`` directory, a state-dict file (.pth/.pt/.bin/
     .safetensors, optionally wrapped in "model"/"state_dict"/"teacher" and prefixed) in
@@ -139,9 +161,9 @@ def load_dino_weights(vit, weights, arch_name=""):
             "('owner/name'). Give a local save_pretrained directory, a .pth/.safetensors state "
             "dict, or a hub id such as 'facebook/dinov2-small'.")
     own = vit.state_dict()
-    prefix = meta_prefix(state)
-    if prefix is not None:
-        state = _from_meta(vit, state, prefix, weights, arch_name)
+    converted = _from_meta(vit, state, weights, arch_name)
+    if converted is not None:
+        state = converted
     state = _strip_prefix(state, own)
     missing = [k for k in own if k not in state]
     wrong = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in {arch_name}"

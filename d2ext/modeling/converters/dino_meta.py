@@ -1,4 +1,5 @@
-"""Meta's original DINOv2 / DINOv3 ViT checkpoints in transformers' layout.
+"""Meta's original DINOv2 / DINOv3 checkpoints (ViTs and DINOv3's ConvNeXts) in transformers'
+layout.
 
 The files facebookresearch/dinov2's torch.hub downloads (``dinov2_vits14_pretrain.pth``,
 ``dinov2_vitb14_reg4_pretrain.pth``, ...) and DINOv3's download links
@@ -21,6 +22,10 @@ them). One map per family:
   refused. The 7B has no q/k/v bias at all.
 - DINOv3's ``rope_embed.periods`` are checked against the periods transformers computes
   (``rope_theta`` = 100, the base of every published model) rather than loaded.
+- ConvNeXt (``convert_meta_convnext``): ``downsample_layers.i`` (stem conv + norm, then norm +
+  conv per later stage) -> ``model.stages.i.downsample_layers``; ``stages.i.j`` ``dwconv``,
+  ``norm``, ``pwconv1``, ``pwconv2``, ``gamma`` -> ``model.stages.i.layers.j`` depthwise_conv,
+  layer_norm, pointwise_conv1, pointwise_conv2, gamma; ``norm`` -> ``layer_norm``.
 - DINOv3's ``cls_norm`` / ``local_cls_norm`` (the 7B's and the SAT-493M ViT-L's untied norms)
   normalise only the class and register tokens (``local_cls_norm`` only local crops in
   pre-training); the patch tokens, all that d2ext's backbones use, get ``norm``. They are left
@@ -32,6 +37,7 @@ import torch
 
 # The one key every Meta ViT checkpoint has; what precedes it is a wrapper's prefix.
 META_PATCH_KEY = "patch_embed.proj.weight"
+META_CONVNEXT_STEM_KEY = "downsample_layers.0.0.weight"
 _BLOCK = re.compile(r"blocks\.(?:\d+\.)?(\d+)\.(.+)")  # blocks.i.x or chunked blocks.c.i.x
 # DINOv3's RoPE base in every published model (transformers' DINOv3ViTConfig.rope_theta).
 DINOV3_ROPE_BASE = 100.0
@@ -50,6 +56,54 @@ def meta_prefix(state):
             if f"{prefix}cls_token" in state:
                 return prefix
     return None
+
+
+def meta_convnext_prefix(state):
+    """As ``meta_prefix``, for Meta's ConvNeXt layout."""
+    for key in state:
+        if key.endswith(META_CONVNEXT_STEM_KEY):
+            prefix = key[: -len(META_CONVNEXT_STEM_KEY)]
+            if f"{prefix}stages.0.0.dwconv.weight" in state:
+                return prefix
+    return None
+
+
+_CONVNEXT_BLOCK = re.compile(r"stages\.(\d+)\.(\d+)\.(.+)")
+_CONVNEXT_NAMES = {"dwconv": "depthwise_conv", "norm": "layer_norm", "pwconv1": "pointwise_conv1",
+                   "pwconv2": "pointwise_conv2", "gamma": "gamma"}
+
+
+def describe_meta_convnext(state):
+    """Stage widths and depths of a Meta-layout ConvNeXt state dict (prefix stripped)."""
+    blocks = [tuple(map(int, m.groups()[:2])) for m in map(_CONVNEXT_BLOCK.fullmatch, state) if m]
+    depths = tuple(1 + max(j for s, j in blocks if s == stage) for stage in range(4))
+    widths = tuple(state[f"stages.{i}.0.dwconv.weight"].shape[0] for i in range(4))
+    return dict(widths=widths, depths=depths)
+
+
+def describe_hf_convnext(model):
+    return dict(widths=tuple(model.config.hidden_sizes), depths=tuple(model.config.depths))
+
+
+def convert_meta_convnext(state):
+    """A Meta-layout DINOv3 ConvNeXt state dict (prefix stripped) in the layout of transformers'
+    ``DINOv3ConvNextModel``; unknown keys are kept under their own names."""
+    out = {}
+    for key, value in state.items():
+        block = _CONVNEXT_BLOCK.fullmatch(key)
+        if block:
+            stage, index, rest = block.groups()
+            name, _, kind = rest.partition(".")
+            out[f"model.stages.{stage}.layers.{index}.{_CONVNEXT_NAMES.get(name, name)}"
+                + (f".{kind}" if kind else "")] = value
+        elif key.startswith("downsample_layers."):
+            out["model.stages." + key[len("downsample_layers."):].replace(
+                ".", ".downsample_layers.", 1)] = value
+        elif key.startswith("norm."):
+            out["layer_" + key] = value
+        else:
+            out[key] = value
+    return out
 
 
 def meta_family(state):
