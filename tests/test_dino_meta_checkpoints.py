@@ -180,3 +180,16 @@ def test_dinov2_resamples_position_embeddings_as_meta_does():
     torch.testing.assert_close(ours[:, 1:], as_tokens(meta))
     assert not torch.allclose(as_tokens(hf), as_tokens(meta), atol=1e-3)
     assert torch.equal(ours[:, :1], native[:, :1])
+
+
+def test_dinov3_vit7b16_is_built_as_meta_builds_it():
+    """dinov3_vit7b16 as Meta builds it: 4096 wide, 40 blocks, SwiGLU of 8192, no q/k/v bias."""
+    from d2ext.modeling.backbone.dino_vit import build_hf_vit
+
+    with torch.device("meta"):
+        vit = build_hf_vit(DINO_ARCHS["dinov3_vit7b16"])
+    state = vit.state_dict()
+    assert sum(v.numel() for v in state.values()) == 6_716_035_072
+    assert "model.layer.0.attention.q_proj.bias" not in state
+    assert state["model.layer.39.mlp.gate_proj.weight"].shape == (8192, 4096)
+    assert vit.config.num_attention_heads == 32 and vit.config.num_register_tokens == 4
