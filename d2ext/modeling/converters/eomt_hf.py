@@ -89,6 +89,8 @@ def eomt_cfg_from_hf(hf_config, weights=""):
     cfg.MODEL.EOMT.NUM_QUERIES = c.num_queries
     cfg.MODEL.EOMT.NUM_BLOCKS = c.num_blocks
     cfg.MODEL.EOMT.NUM_UPSCALE_BLOCKS = c.num_upscale_blocks
+    from ..backbone.dino_vit import DINO_ARCHS
+
     cfg.MODEL.EOMT.PATCH_SIZE = patch if patch != DINO_ARCHS[arch].patch else 0
     cfg.MODEL.EOMT.IMAGE_SIZE = image_size if c.model_type == "eomt" else 0
     cfg.MODEL.EOMT.LAYER_NORM_EPS = c.layer_norm_eps
