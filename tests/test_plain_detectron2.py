@@ -25,7 +25,8 @@ def plain_cfg(name, extra=()):
     add_d2ext_config(cfg)
     cfg.merge_from_file(os.path.join(CONFIGS, name))
     arch = cfg.MODEL.DINO.ARCH
-    tiny = "dinov2_tiny14" if arch.startswith("dinov2") else "dinov3_tiny16"
+    tiny = ("dinov2_tiny14" if arch.startswith("dinov2") else "dinov3_convnext_test"
+            if "convnext" in arch else "dinov3_tiny16")
     cfg.merge_from_list(["MODEL.DINO.ARCH", tiny, "MODEL.DINO.WEIGHTS", "", *extra])
     if cfg.MODEL.META_ARCHITECTURE == "EoMT":
         cfg.merge_from_list(["MODEL.EOMT.NUM_BLOCKS", "2", "MODEL.EOMT.ANNEAL_START_ITERS", "[]",
