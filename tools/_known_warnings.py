@@ -16,3 +16,10 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 # detectron2's ROIPooler asks torch.fx whether it is tracing; torch logs a deprecation once.
 logging.getLogger("torch.fx._symbolic_trace").addFilter(
     lambda record: "is_fx_tracing will return true" not in record.getMessage())
+# onnxscript's optimizer (the ONNX export) logs each multi-output node it leaves unfolded.
+logging.getLogger("onnxscript.optimizer._constant_folding").addFilter(
+    lambda record: "Skipping constant folding for op" not in record.getMessage())
+# detectron2 logs its environment at start-up through torch.utils.cpp_extension, which warns on
+# every machine that has a CUDA toolkit but no GPU.
+logging.getLogger("torch.utils.cpp_extension").addFilter(
+    lambda record: "No CUDA runtime is found" not in record.getMessage())
