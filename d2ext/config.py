@@ -198,6 +198,29 @@ def add_d2ext_config(cfg):
     # otherwise 8: on a CPU, small batches keep the per-prompt image tokens cache-sized).
     cfg.MODEL.SAM_PROMPT.PROMPTS_PER_BATCH = 0
 
+    # --- Text-prompt meta-architecture (META_ARCHITECTURE "TextPromptSegmentor",
+    # d2ext/modeling/meta_arch/text_prompt_segmentor.py): SAM 3 finds every instance of each
+    # class's phrase; nothing is trained ---
+    cfg.MODEL.TEXT_PROMPT = CN()
+    # SAM 3 (transformers' Sam3Model and its tokenizer): the hub id "facebook/sam3" (gated) or a
+    # local save_pretrained directory.
+    cfg.MODEL.TEXT_PROMPT.WEIGHTS = ""
+    # Classes to find; [] = every class of DATASETS.TEST[0]. With a test dataset they must be its
+    # classes (pred_classes are its class indices); without one, any names.
+    cfg.MODEL.TEXT_PROMPT.CLASSES = []
+    # The phrase for each prompted class ("" or [] = the class name), e.g. "rubber duck".
+    cfg.MODEL.TEXT_PROMPT.PROMPTS = []
+    # SAM 3's input size (the image is resized to a square of this side, as Sam3Processor does).
+    cfg.MODEL.TEXT_PROMPT.IMAGE_SIZE = 1008
+    # Score = query score x presence score (Sam3Processor's); lower scores are dropped.
+    cfg.MODEL.TEXT_PROMPT.SCORE_THRESHOLD = 0.3
+    cfg.MODEL.TEXT_PROMPT.MASK_THRESHOLD = 0.5
+    # Of two detections of different classes whose masks overlap by more IoU, the lower scoring
+    # one is dropped (one object found by two phrases).
+    cfg.MODEL.TEXT_PROMPT.DEDUP_IOU = 0.7
+    # Phrases decoded per call on the shared image encoding.
+    cfg.MODEL.TEXT_PROMPT.PHRASES_PER_BATCH = 16
+
     # The best device here: CUDA if available, else Apple MPS, else CPU. A concrete name, so
     # that detectron2's own build_model / DefaultPredictor / DefaultTrainer take the config as
     # it is; d2ext's tools also accept "auto" (d2ext.engine.resolve_device).

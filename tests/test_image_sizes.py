@@ -45,21 +45,34 @@ def awkward_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_sam3_opts(tmp_path_factory):
+    """Overrides that run configs/sam3_text.yaml on a tiny random SAM 3."""
+    from text_prompt_utils import save_tiny_sam3
+
+    path = save_tiny_sam3(tmp_path_factory.mktemp("sam3") / "tiny")
+    return ["MODEL.TEXT_PROMPT.WEIGHTS", path, "MODEL.TEXT_PROMPT.IMAGE_SIZE", "112",
+            "MODEL.TEXT_PROMPT.SCORE_THRESHOLD", "0.0"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart_mask2former.yaml",
                                     "quickstart_eomt.yaml", "quickstart_semseg.yaml",
-                                    "sam_tiny.yaml"])
-def test_demo_draws_every_awkward_size_for_every_head(config, awkward_folder, tmp_path):
+                                    "sam_tiny.yaml", "sam3_text.yaml"])
+def test_demo_draws_every_awkward_size_for_every_head(config, awkward_folder, tmp_path,
+                                                       tiny_sam3_opts):
     from PIL import Image
 
     from d2ext.cli import demo
 
     out = tmp_path / "drawn"
+    text_prompt = ["--classes", "duck", "panda"] if config == "sam3_text.yaml" else []
     assert demo.main(["--config-file", os.path.join(CONFIGS, config), "--input",
                       str(awkward_folder), "--output", str(out), "--confidence-threshold", "0",
-                      "--opts", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path),
+                      *text_prompt, "--opts", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path),
                       # random weights give ragged masks of thousands of polygons: draw few
-                      "TEST.DETECTIONS_PER_IMAGE", "3"]) == 0
+                      "TEST.DETECTIONS_PER_IMAGE", "3",
+                      *(tiny_sam3_opts if config == "sam3_text.yaml" else [])]) == 0
     for i, (h, w) in enumerate(SIZES):
         drawn = out / ("sub" if i % 2 else "") / f"{h}x{w}.png.png"
         with Image.open(drawn) as image:

@@ -8,8 +8,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from d2ext.engine import setup_cfg
+from d2ext.modeling.mask_ops import mask_nms
 from d2ext.modeling.sam_prompt import (PrototypeError, SamCheckpointError, build_sam_model,
-                                       decode_prompts, mask_nms)
+                                       decode_prompts)
 from d2ext.modeling.sam_prompt.prompts import Prompts, prototype_prompts
 from d2ext.modeling.sam_prompt.prototypes import collect_references
 

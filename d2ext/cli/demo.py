@@ -8,6 +8,8 @@
   python tools/demo.py --config-file C --webcam --output cam.mp4   # headless: to a file
   python tools/demo.py --config-file configs/dinov3_sam.yaml --input img.jpg --output out.png \
       --method clustering --num-segments 5       # zero-training SAM-prompt configs
+  python tools/demo.py --config-file configs/sam3_text.yaml --input img.jpg --output out.png \
+      --classes duck panda                       # SAM 3 text prompts: any class names
 
 Inputs may be files, globs and directories (searched recursively). With several inputs, or an
 --output folder, the input tree is mirrored under --output (a/x.jpg -> OUT/a/x.jpg.png); an
@@ -31,6 +33,7 @@ from d2ext.data.datasets.sem_seg_folders import stable_colors
 from d2ext.data.image_io import ImageReadError, read_image_any
 from d2ext.engine import draw_predictions, load_predictor, setup_cfg
 from d2ext.engine.predictor import draw_outputs, predictor_metadata
+from d2ext.modeling.text_prompt import TextPromptError
 
 logger = logging.getLogger("d2ext.demo")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -78,6 +81,10 @@ def argument_parser():
                         metavar=("IMAGE", "MASK", "CLASS"),
                         help="SAM-prompt configs: a reference image, its mask image (non-zero = "
                              "CLASS) and the class name, for --method prototypes (repeatable)")
+    # Text-prompt configs (META_ARCHITECTURE TextPromptSegmentor) only:
+    parser.add_argument("--classes", nargs="+", metavar="NAME",
+                        help="text-prompt configs: the classes to find, e.g. duck panda (any "
+                             "names; a subset of MODEL.TEXT_PROMPT.CLASSES where it is set)")
     parser.add_argument("--debug", action="store_true",
                         help="stop at the first failing image with its traceback")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
@@ -101,6 +108,27 @@ def sam_prompt_opts(cfg, args):
                          f"(MODEL.META_ARCHITECTURE DinoSamPrompt); {args.config_file} uses "
                          f"{cfg.MODEL.META_ARCHITECTURE}")
     return opts
+
+
+def text_prompt_opts(cfg, args):
+    """Config overrides for --classes (text-prompt configs): those classes, prompted freely (no
+    test dataset), each with its phrase from MODEL.TEXT_PROMPT.PROMPTS when the config lists its
+    classes (then --classes must be some of them)."""
+    if not args.classes:
+        return []
+    tp = cfg.MODEL.TEXT_PROMPT
+    if cfg.MODEL.META_ARCHITECTURE != "TextPromptSegmentor":
+        raise ValueError(f"--classes applies to text-prompt configs (MODEL.META_ARCHITECTURE "
+                         f"TextPromptSegmentor); {args.config_file} uses "
+                         f"{cfg.MODEL.META_ARCHITECTURE}")
+    fixed = list(tp.CLASSES)
+    unknown = [c for c in args.classes if fixed and c not in fixed]
+    if unknown:
+        raise ValueError(f"--classes {unknown}: {args.config_file} finds only "
+                         f"MODEL.TEXT_PROMPT.CLASSES {fixed}; choose among them")
+    prompts = [tp.PROMPTS[fixed.index(c)] for c in args.classes] if fixed and tp.PROMPTS else []
+    return ["MODEL.TEXT_PROMPT.CLASSES", list(args.classes), "MODEL.TEXT_PROMPT.PROMPTS",
+            prompts, "DATASETS.TEST", ()]
 
 
 def expand_inputs(patterns):
@@ -315,19 +343,24 @@ def main(argv=None):
             return 2
     cfg = setup_cfg(args.config_file or QUICKSTART_CONFIG,
                     (quickstart_weights() if args.config_file is None else []) + args.opts)
-    if not cfg.MODEL.WEIGHTS and cfg.MODEL.META_ARCHITECTURE != "DinoSamPrompt":
+    if not cfg.MODEL.WEIGHTS and cfg.MODEL.META_ARCHITECTURE not in ("DinoSamPrompt",
+                                                                      "TextPromptSegmentor"):
         logger.warning("MODEL.WEIGHTS is empty: the model has no trained weights and its "
                        "predictions mean nothing. Train it first (python tools/train_net.py "
                        "--config-file configs/quickstart.yaml) or give --opts MODEL.WEIGHTS "
                        "FILE.pth.")
     try:
-        cfg.merge_from_list(sam_prompt_opts(cfg, args))
+        cfg.merge_from_list(sam_prompt_opts(cfg, args) + text_prompt_opts(cfg, args))
     except ValueError as err:
         logger.error(str(err))
         return 2
-    predictor = load_predictor(cfg)
+    try:
+        predictor = load_predictor(cfg)
+    except TextPromptError as err:
+        logger.error(str(err))
+        return 2
     metadata = predictor_metadata(cfg)
-    if getattr(predictor.model, "class_names", None):  # SAM-prompt models name their classes
+    if getattr(predictor.model, "class_names", None):  # zero-training models name their classes
         metadata = Metadata(name="d2ext_demo", thing_classes=list(predictor.model.class_names))
     failed = 0
     if args.input:

@@ -33,3 +33,23 @@ def threshold_resized(items, resize, size, threshold=0.0, chunk_size=8):
         chunk = slice(start, start + chunk_size)
         torch.gt(resize(items[chunk]), threshold, out=out[chunk])
     return out
+
+
+def mask_nms(masks, scores, iou_threshold, labels=None):
+    """Greedy non-maximum suppression by mask IoU. ``masks`` (P, h, w) bool, ``scores`` (P,).
+    With ``labels`` (P,), a mask is suppressed only by a better one of another label (duplicates
+    across classes; within a class the model's own outputs stand). Returns the indices kept,
+    best score first."""
+    order = scores.argsort(descending=True)
+    flat = masks[order].flatten(1).float()
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
+    if labels is not None:
+        ordered = labels[order]
+        iou = iou * (ordered[:, None] != ordered[None, :])
+    keep = []
+    for i in range(len(order)):
+        if not keep or iou[i, keep].max() <= iou_threshold:
+            keep.append(i)
+    return order[keep]

@@ -11,8 +11,8 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from ..backbone.dino_vit import DINO_STRIDE
-from ..mask_ops import mask_boxes, threshold_resized
-from ..sam_prompt.decoding import decode_prompts, mask_nms
+from ..mask_ops import mask_boxes, mask_nms, threshold_resized
+from ..sam_prompt.decoding import decode_prompts
 from ..sam_prompt.prompts import (PROMPT_METHODS, attention_prompts,
                                   capture_last_attention_input, clustering_prompts,
                                   cls_attention_saliency, grid_prompts, prototype_prompts)

@@ -1,4 +1,4 @@
-"""Batched SAM decoding of many prompts on one image embedding, and mask-IoU deduplication."""
+"""Batched SAM decoding of many prompts on one image embedding."""
 import math
 
 import torch
@@ -51,18 +51,3 @@ def decode_prompts(sam, embedding, points, labels, boxes=None, batch_size=64,
         logits.append(masks)
         ious.append(iou)
     return torch.cat(logits), torch.cat(ious)
-
-
-def mask_nms(masks, scores, iou_threshold):
-    """Greedy non-maximum suppression by mask IoU. ``masks`` (P, h, w) bool, ``scores`` (P,).
-    Returns the indices kept, best score first."""
-    order = scores.argsort(descending=True)
-    flat = masks[order].flatten(1).float()
-    inter = flat @ flat.T
-    area = flat.sum(1)
-    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
-    keep = []
-    for i in range(len(order)):
-        if not keep or iou[i, keep].max() <= iou_threshold:
-            keep.append(i)
-    return order[keep]
