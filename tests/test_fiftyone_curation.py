@@ -213,3 +213,50 @@ def test_database_and_install_errors_say_how_to_fix(fo, monkeypatch):
     with pytest.raises(cur.FiftyOneUnavailable, match=r"pip install 'd2ext\[fiftyone\]'"):
         cur.require_fiftyone()
     assert curate_fiftyone.main(["app", "--dataset", "x"]) == 2
+
+
+def test_prelabel_with_text_prompts_then_export_the_reviewed_field_and_train(curated, capsys,
+                                                                            monkeypatch):
+    from text_prompt_utils import save_tiny_sam3
+
+    dataset, tmp = curated["dataset"], curated["tmp"]
+    sam3 = save_tiny_sam3(tmp / "sam3")
+    classes = list(dataset.default_classes)
+    assert curate_fiftyone.main([
+        "prelabel", "--dataset", dataset.name, "--config-file",
+        os.path.join(ROOT, "configs", "sam3_text.yaml"), "--classes", *classes,
+        "--tags", "train", "val", "--confidence", "0.0",
+        "MODEL.TEXT_PROMPT.WEIGHTS", sam3, "MODEL.TEXT_PROMPT.IMAGE_SIZE", "112",
+        "MODEL.TEXT_PROMPT.SCORE_THRESHOLD", "0.0", "MODEL.DEVICE", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "Pre-labelled 11 samples" in printed and "--gt-field prelabels" in printed
+    labelled = dataset.match_tags(["train", "val"]).exists("prelabels")
+    assert len(labelled) == 11
+    for sample in labelled:
+        for det in sample.prelabels.detections:
+            assert det.label in classes and 0.0 <= det.confidence <= 1.0
+            assert det.mask is not None and det.mask.ndim == 2
+    # the review step: a user deletes one label in the App
+    first = labelled.first()
+    first.prelabels.detections = first.prelabels.detections[1:]
+    first.save()
+    out = str(tmp / "export_prelabels")
+    assert curate_fiftyone.main(["export", "--dataset", dataset.name, "--out", out,
+                                 "--gt-field", "prelabels", "--prefix", "prelabelled",
+                                 "--config-file", "configs/quickstart_mask2former.yaml"]) == 0
+    command = capsys.readouterr().out.strip().splitlines()[-1]
+    coco = COCO(os.path.join(out, "train", "labels.json"))
+    assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == classes
+    reviewed = sum(1 for s in dataset.match_tags("train").exists("prelabels")
+                   for d in s.prelabels.detections if d.mask.any())
+    assert len(coco.getAnnIds()) == reviewed > 0
+    argv = shlex.split(command)
+    assert "MODEL.SEM_SEG_HEAD.NUM_CLASSES" in argv
+    output_dir = str(tmp / "train_prelabelled")
+    args = train_net.argument_parser().parse_args(argv[2:] + [
+        "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0",
+        "INPUT.IMAGE_SIZE", "128", "INPUT.MIN_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0",
+        "D2EXT.SAVE_DEMO_IMAGE", "False", "OUTPUT_DIR", output_dir])
+    monkeypatch.chdir(ROOT)
+    train_net.main(args)
+    assert os.path.isfile(os.path.join(output_dir, "model_final.pth"))

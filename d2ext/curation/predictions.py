@@ -48,16 +48,20 @@ def add_predictions(collection, cfg, classes=None, pred_field="predictions",
     goes on (``debug``: raised instead); a class index the dataset lacks stops the run, since
     every sample would fail the same way.
 
+    ``classes`` name the model's class indices: by default the zero-training models' own class
+    names (SAM 3 text prompts, SAM prototypes), else the collection's default_classes.
+
     Returns:
-        {"predicted": N, "missing_images": M, "failed": [filepath, ...]}
+        {"predicted": N, "instances": I, "missing_images": M, "failed": [filepath, ...]}
     """
-    classes = list(classes or collection.default_classes or [])
+    require_fiftyone()
+    predictor = load_predictor(cfg)
+    classes = list(classes or getattr(predictor.model, "class_names", None)
+                   or collection.default_classes or [])
     if not classes:
         raise CurationError(f"dataset {collection.name!r} has no default_classes; pass --classes "
                             "in the model's class order.")
-    require_fiftyone()
-    predictor = load_predictor(cfg)
-    stats = {"predicted": 0, "missing_images": 0, "failed": []}
+    stats = {"predicted": 0, "instances": 0, "missing_images": 0, "failed": []}
     for sample in collection.iter_samples(autosave=True, progress=True):
         if not os.path.isfile(sample.filepath):
             stats["missing_images"] += 1
@@ -78,6 +82,7 @@ def add_predictions(collection, cfg, classes=None, pred_field="predictions",
             continue
         sample[pred_field] = detections
         stats["predicted"] += 1
+        stats["instances"] += len(detections.detections)
     if stats["missing_images"]:
         logger.warning(f"skipped {stats['missing_images']} sample(s) whose image is missing.")
     return stats
