@@ -158,7 +158,9 @@ def test_offline_hub_id_says_gated_and_what_to_do(monkeypatch, tmp_path):
         assert needle in str(err.value)
 
 
-def test_demo_finds_the_classes_typed_and_refuses_unknown_ones(sam3_dir, tmp_path, capfd):
+def test_demo_finds_the_classes_typed_and_refuses_unknown_ones(sam3_dir, tmp_path, caplog):
+    import logging
+
     from PIL import Image
 
     from d2ext.cli import demo
@@ -173,11 +175,14 @@ def test_demo_finds_the_classes_typed_and_refuses_unknown_ones(sam3_dir, tmp_pat
     with Image.open(out) as drawn:
         assert drawn.size == (80, 60)
     fixed = opts + ["MODEL.TEXT_PROMPT.CLASSES", "['duck', 'dice']", "DATASETS.TEST", "()"]
-    capfd.readouterr()
-    assert demo.main(common + ["--classes", "panda"] + fixed) == 2
-    log = "".join(capfd.readouterr())
-    assert "--classes ['panda']" in log and "['duck', 'dice']" in log
-    assert demo.main(common + ["--classes", "dice"] + fixed) == 0
-    assert demo.main(["--config-file", os.path.join(CONFIGS, "quickstart.yaml"), "--input",
-                      str(tmp_path / "img.png"), "--classes", "duck"]) == 2
-    assert "--classes applies to text-prompt configs" in "".join(capfd.readouterr())
+    logger = logging.getLogger("d2ext")  # the demo's logger does not propagate to caplog's
+    logger.addHandler(caplog.handler)
+    try:
+        assert demo.main(common + ["--classes", "panda"] + fixed) == 2
+        assert "--classes ['panda']" in caplog.text and "['duck', 'dice']" in caplog.text
+        assert demo.main(common + ["--classes", "dice"] + fixed) == 0
+        assert demo.main(["--config-file", os.path.join(CONFIGS, "quickstart.yaml"), "--input",
+                          str(tmp_path / "img.png"), "--classes", "duck"]) == 2
+        assert "--classes applies to text-prompt configs" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
