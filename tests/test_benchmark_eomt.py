@@ -1,4 +1,5 @@
 """tools/benchmark.py runs and reports every row (format only: timings are never asserted)."""
+import argparse
 import json
 import os
 
@@ -75,3 +76,30 @@ def test_benchmark_training_step_and_equal_work_rows(tmp_path, capsys):
     assert not torch.equal(theirs, head[0]["classes"].weight)
     assert not torch.equal(backbone, next(model.backbone.parameters()))
     assert not model.training  # left in eval mode for the inference rows
+
+
+def test_benchmark_times_an_onnx_export_next_to_eager(tmp_path, capsys):
+    """--exported adds ONNX Runtime's rows, model only and end to end, each with its ratio to
+    the eager row of the same run; the export's EoMT masked-attention state is the eager one's."""
+    from detectron2.modeling import build_model
+
+    from d2ext.engine import setup_cfg
+    from d2ext.export import export_model
+
+    cfg = setup_cfg(os.path.join(CONFIGS, "quickstart_eomt.yaml"), ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).eval()
+    model.attn_mask_probs.copy_(torch.tensor([0.0, 1.0]))
+    export_model(model, cfg, str(tmp_path / "onnx"), "onnx")
+    out_json = tmp_path / "bench.json"
+    bench.main(["--config-file", os.path.join(CONFIGS, "quickstart_eomt.yaml"), "--size", "48",
+                "--reps", "1", "--batch", "1", "--exported", str(tmp_path / "onnx"),
+                "--json", str(out_json), "MODEL.DEVICE", "cpu", "DATASETS.TEST", "()"])
+    ms = json.loads(out_json.read_text())["ms"]
+    assert set(ms) == {"d2ext", "d2ext_e2e", "onnxruntime", "onnxruntime_e2e"}
+    printed = capsys.readouterr().out
+    assert f"{ms['onnxruntime'] / ms['d2ext']:.2f} x d2ext" in printed
+    assert f"{ms['onnxruntime_e2e'] / ms['d2ext_e2e']:.2f} x d2ext_e2e" in printed
+    eager = build_model(cfg).eval()
+    eager.attn_mask_probs.zero_()  # the benchmark's default: the trained state
+    bench.load_export(argparse.Namespace(exported=str(tmp_path / "onnx"), size=48), cfg, eager)
+    assert eager.attn_mask_probs.tolist() == [0.0, 1.0]

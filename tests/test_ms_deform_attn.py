@@ -47,7 +47,7 @@ def test_core_equals_explicit_bilinear_sampling():
 
 def test_module_runs_and_backpropagates_on_cpu():
     attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=2)
-    shapes = torch.tensor([[6, 8], [3, 4]])
+    shapes = [(6, 8), (3, 4)]
     value = torch.randn(2, 60, 16, requires_grad=True)
     query = torch.randn(2, 7, 16)
     ref = torch.rand(2, 7, 2, 2)

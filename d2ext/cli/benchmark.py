@@ -1,7 +1,8 @@
 """Inference speed and memory of a d2ext config, optionally next to its peers in the same run.
 
     python tools/benchmark.py --config-file configs/dinov3_eomt.yaml --peers [--size 640]
-        [--reps 7] [--batch 4] [--precision bf16] [--compile] [--json out.json] [KEY VALUE ...]
+        [--reps 7] [--batch 4] [--precision bf16] [--compile] [--exported DIR]
+        [--json out.json] [KEY VALUE ...]
 
 Random weights (MODEL.WEIGHTS and MODEL.DINO.WEIGHTS are ignored), eval mode, under
 ``torch.inference_mode``. Every row gets one warm-up pass, then --reps rounds in which each row
@@ -10,7 +11,8 @@ The figure is the median over the rounds. EoMT runs in its trained state (masked
 as after annealing) unless --masked-attn.
 
 Rows:
-  d2ext        the model alone: normalised (1, 3, S, S) tensor -> class and mask logits
+  d2ext        the model alone: normalised (1, 3, S, S) tensor -> class and mask logits (the
+               semantic head: logits at stride 16)
   d2ext_bN     the same at batch N (images/s)
   d2ext_e2e    end to end: an RGB uint8 S x S image -> ``Instances`` (detectron2's
                DefaultPredictor: resize, model, post-processing)
@@ -24,6 +26,13 @@ registers; the config's queries and classes) in transformers:
   hf_m2f_head  d2ext's backbone (the same p2..p5 maps) + transformers' Mask2FormerPixelDecoder,
                Mask2FormerTransformerModule and class predictor at the config's head recipe:
                equal work to d2ext's row (Mask2Former-style configs)
+--exported DIR (tools/export_model.py's output for the same config, fixed at S x S or dynamic)
+adds the export, in ONNX Runtime (CUDA provider when MODEL.DEVICE is cuda) or as the torch.export
+program, in the precision it was exported in:
+  onnxruntime  (or torch_export) the graph on the same normalised tensor as the d2ext row
+  onnxruntime_e2e  the same image as d2ext_e2e through ExportedPredictor (d2ext's runtime)
+An exported EoMT's masked-attention state (export.json) is given to the d2ext rows too, so both
+do the same work.
 --train adds one training step (forward, losses, backward, AdamW step) at --batch: d2ext_train
 (the whole model, d2ext's optimizer) and, with --peers, hf_m2f_head_train (the same backbone +
 transformers' head and Mask2FormerLoss).
@@ -70,12 +79,37 @@ def model_only(model):
     """A function of the normalised image tensor that runs the model without post-processing."""
     if hasattr(model, "predict"):
         return model.predict
-    if hasattr(model, "decode_queries"):
-        def run(x):
-            mask_features, multi_scale = model.decode_pixels(model.extract_features(x))
-            return model.decode_queries(multi_scale, mask_features)
-        return run
     return lambda x: model([{"image": x[0] * 255, "height": x.shape[-2], "width": x.shape[-1]}])
+
+
+def load_export(args, cfg, model):
+    """``ExportedPredictor`` of --exported for ``cfg``'s model at the benchmark's size; an
+    exported EoMT's masked-attention probabilities are copied into ``model``."""
+    from d2ext.export import ExportedPredictor
+
+    providers = ["CUDAExecutionProvider"] if cfg.MODEL.DEVICE.startswith("cuda") else None
+    predictor = ExportedPredictor(args.exported, providers)
+    spec = predictor.model.spec
+    if spec["meta_architecture"] != cfg.MODEL.META_ARCHITECTURE:
+        raise SystemExit(f"--exported {args.exported} holds a {spec['meta_architecture']}, the "
+                         f"config a {cfg.MODEL.META_ARCHITECTURE}: export the same config.")
+    if spec["size"] not in (None, [args.size, args.size]):
+        raise SystemExit(f"--exported {args.exported} takes {spec['size'][0]}x{spec['size'][1]} "
+                         f"only: run with --size {spec['size'][0]} (a square export), or export "
+                         "with --dynamic.")
+    if "attn_mask_probs" in spec:
+        model.attn_mask_probs.copy_(torch.tensor(spec["attn_mask_probs"]))
+    return predictor
+
+
+def export_rows(predictor, x, image):
+    """The export's rows: the graph on the normalised ``x``, and ``image`` end to end."""
+    spec = predictor.model.spec
+    inputs = [x]
+    if "image_size" in spec["inputs"]:  # Mask R-CNN: x is all image, no padding
+        inputs.append(torch.tensor(x.shape[-2:]))
+    name = "onnxruntime" if spec["format"] == "onnx" else "torch_export"
+    return {name: lambda: predictor.model.run(*inputs), f"{name}_e2e": lambda: predictor(image)}
 
 
 def build_d2ext(args):
@@ -251,6 +285,8 @@ def main(argv=None):
                         help="also time one training step (forward, backward, optimizer) at "
                         "--batch, d2ext's and (with --peers, Mask2Former-style configs) the "
                         "same backbone with transformers' head and loss")
+    parser.add_argument("--exported", metavar="DIR", default="",
+                        help="also time this export of the config (tools/export_model.py)")
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
@@ -258,6 +294,7 @@ def main(argv=None):
 
     torch.manual_seed(0)
     cfg, model = build_d2ext(args)
+    exported = load_export(args, cfg, model) if args.exported else None
     device = cfg.MODEL.DEVICE
     x = torch.rand(1, 3, args.size, args.size, device=device)
     run = model_only(model)
@@ -287,6 +324,9 @@ def main(argv=None):
         compiled = {name: torch.compile(fn) for name, fn in fns.items() if not name.endswith("e2e")}
         fns.update(compiled)
     fns = {name: with_precision(fn, device, args.precision) for name, fn in fns.items()}
+    if exported is not None:
+        exported.aug = predictor.aug  # d2ext_e2e's test-time resize (to --size), not the export's
+        fns.update(export_rows(exported, x, image))
     rows = interleaved_medians(fns, args.reps, device, warmup=2 if args.compile else 1)
     if args.batch > 1:
         extra["images_per_s"] = 1000 * args.batch / rows[f"d2ext_b{args.batch}"]
@@ -311,6 +351,10 @@ def main(argv=None):
             ratios.append(f"{ms / rows['hf_m2f_head_train']:.2f} x hf_m2f_head_train")
         if name == "d2ext_e2e" and "hf_eomt_e2e" in rows:
             ratios.append(f"{ms / rows['hf_eomt_e2e']:.2f} x hf_eomt_e2e")
+        if name in ("onnxruntime", "torch_export"):
+            ratios.append(f"{ms / rows['d2ext']:.2f} x d2ext")
+        if name in ("onnxruntime_e2e", "torch_export_e2e"):
+            ratios.append(f"{ms / rows['d2ext_e2e']:.2f} x d2ext_e2e")
         print(f"{name}: {ms:.1f} ms" + (f"  ({', '.join(ratios)})" if ratios else ""))
     if "images_per_s" in extra:
         print(f"throughput at batch {args.batch}: {extra['images_per_s']:.2f} images/s")

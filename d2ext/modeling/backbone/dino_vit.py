@@ -187,7 +187,8 @@ class DinoViTBackbone(Backbone):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        grid_h, grid_w = math.ceil(h / DINO_STRIDE), math.ceil(w / DINO_STRIDE)
+        # integer ceiling division: a graph export keeps it symbolic in the image size
+        grid_h, grid_w = -(-h // DINO_STRIDE), -(-w // DINO_STRIDE)
         x = F.pad(x, (0, grid_w * DINO_STRIDE - w, 0, grid_h * DINO_STRIDE - h))
         if self.arch.patch != DINO_STRIDE:
             # Without antialiasing and with align_corners=False every output pixel of patch

@@ -25,7 +25,8 @@ class DinoMask2Former(nn.Module):
     Output (inference): per image a dict with "instances", "sem_seg", "panoptic_seg" as enabled
     by MODEL.MASK_FORMER.TEST.*_ON. Training: the criterion's weighted losses.
 
-    The parts can be run one at a time (``extract_features``, ``decode_pixels``,
+    ``predict(images)``: normalised, padded (N, 3, H, W) -> the decoder's outputs (below); the
+    parts can also be run one at a time (``extract_features``, ``decode_pixels``,
     ``decode_queries``, ``postprocess``) to time them separately.
     """
 
@@ -90,6 +91,12 @@ class DinoMask2Former(nn.Module):
         """-> {"pred_logits": (N, Q, K+1), "pred_masks": (N, Q, H/4, W/4)[, "aux_outputs"]}."""
         return self.transformer_decoder(multi_scale_features, mask_features)
 
+    def predict(self, images):
+        """Normalised, padded (N, 3, H, W) -> {"pred_logits": (N, Q, K+1), "pred_masks":
+        (N, Q, H/4, W/4)[, "aux_outputs"]}: the whole network, without post-processing."""
+        mask_features, multi_scale = self.decode_pixels(self.extract_features(images))
+        return self.decode_queries(multi_scale, mask_features)
+
     def postprocess(self, outputs, batched_inputs, images):
         """Per image, the output dict at its original size (see ``MaskFormerInference``)."""
         results = []
@@ -124,8 +131,7 @@ class DinoMask2Former(nn.Module):
 
     def forward(self, batched_inputs):
         images = self.preprocess_image(batched_inputs)
-        mask_features, multi_scale = self.decode_pixels(self.extract_features(images.tensor))
-        outputs = self.decode_queries(multi_scale, mask_features)
+        outputs = self.predict(images.tensor)
         if self.training:
             if not self.deep_supervision:
                 outputs.pop("aux_outputs", None)

@@ -22,6 +22,11 @@ class DinoSemanticSegmentor(SemanticSegmentor):
     Training, and heads without ``layers``, use SemanticSegmentor unchanged.
     """
 
+    def predict(self, images):
+        """Normalised, padded (N, 3, H, W) -> (N, K, H/s, W/s) logits at the head's feature
+        stride s (heads with ``layers``): the network without the resampling."""
+        return self.sem_seg_head.layers(self.backbone(images))
+
     def forward(self, batched_inputs):
         if self.training or not hasattr(self.sem_seg_head, "layers"):
             return super().forward(batched_inputs)
@@ -29,7 +34,7 @@ class DinoSemanticSegmentor(SemanticSegmentor):
                   for x in batched_inputs]
         images = ImageList.from_tensors(images, self.backbone.size_divisibility,
                                         padding_constraints=self.backbone.padding_constraints)
-        logits = self.sem_seg_head.layers(self.backbone(images.tensor))
+        logits = self.predict(images.tensor)
         stride = self.sem_seg_head.stride
         results = []
         for per_image, inputs, image_size in zip(logits, batched_inputs, images.image_sizes):

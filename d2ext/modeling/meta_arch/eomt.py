@@ -284,16 +284,19 @@ class EoMT(nn.Module):
         self.attn_mask_probs.copy_(torch.tensor(mask_annealing_probs(iteration, starts, ends,
                                                                      power)))
 
-    def predict(self, images):
+    def predict(self, images, attn_mask_probs=None):
         """Normalised (N, 3, H, W), H and W multiples of the patch size -> {"pred_logits"
         (N, Q, K+1), "pred_masks" (N, Q, 4H/p, 4W/p)} and, in training, "aux_outputs": the
-        predictions made before each block with queries."""
+        predictions made before each block with queries.
+
+        ``attn_mask_probs``: one float per block with queries, in place of the buffer's values
+        (a graph export fixes them, as it cannot branch on a buffer's contents)."""
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
         x = self.vit.embeddings(images)
         extra = {"position_embeddings": self.vit.rope_embeddings(images)} if self.is_dinov3 \
             else {}
         first_query_block = len(self.blocks) - self.num_blocks
-        probs = self.attn_mask_probs.tolist()
+        probs = self.attn_mask_probs.tolist() if attn_mask_probs is None else attn_mask_probs
         aux = []
         for i, block in enumerate(self.blocks):
             mask = None

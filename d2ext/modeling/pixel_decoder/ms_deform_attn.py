@@ -24,7 +24,6 @@ def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_wei
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels, p)
     out, start = None, 0
     for level, (h, w) in enumerate(spatial_shapes):
-        h, w = int(h), int(w)
         # (N, H*W, M, D) -> (N*M, D, H, W)
         value_l = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         start += h * w
@@ -42,7 +41,9 @@ class MSDeformAttn(nn.Module):
     ``n_levels`` maps, per head.
 
     forward(query (N, Lq, C), reference_points (N, Lq, L, 2) in [0, 1] as (x, y),
-    value (N, S, C) = the flattened maps, spatial_shapes (L, 2) int64) -> (N, Lq, C).
+    value (N, S, C) = the flattened maps, spatial_shapes: L pairs (H_l, W_l)) -> (N, Lq, C).
+    The shapes are Python integers, not a tensor (Deformable DETR passes an int64 tensor and
+    reads it back on the host): a graph export then keeps them symbolic in the image size.
     """
 
     def __init__(self, d_model=256, n_levels=3, n_heads=8, n_points=4):
@@ -81,9 +82,11 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2)
         weights = self.attention_weights(query).view(n, lq, m, lv * p).softmax(-1)
         # Offsets are in pixels of each level: divide by (W, H) to get [0, 1] units.
-        normalizer = spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
+        # torch.tensor, not as_tensor: under torch.export only the former keeps them symbolic.
+        normalizer = torch.tensor([(w, h) for h, w in spatial_shapes], dtype=offsets.dtype,
+                                  device=offsets.device)  # (L, 2)
         locations = reference_points[:, :, None, :, None, :] + \
             offsets / normalizer[None, None, None, :, None, :]
-        out = ms_deform_attn_core(value, spatial_shapes.tolist(), locations,
+        out = ms_deform_attn_core(value, spatial_shapes, locations,
                                   weights.view(n, lq, m, lv, p))
         return self.output_proj(out)

@@ -39,9 +39,10 @@ class DeformableEncoderLayer(nn.Module):
 
 
 def encoder_reference_points(spatial_shapes, batch, device, dtype):
-    """Every pixel's centre in [0, 1] (x, y), the same for all levels: (B, S, L, 2)."""
+    """Every pixel's centre in [0, 1] (x, y), the same for all levels: (B, S, L, 2), for
+    ``spatial_shapes`` L pairs (H_l, W_l)."""
     points = []
-    for h, w in spatial_shapes.tolist():
+    for h, w in spatial_shapes:
         ys, xs = torch.meshgrid((torch.arange(h, device=device, dtype=dtype) + 0.5) / h,
                                 (torch.arange(w, device=device, dtype=dtype) + 0.5) / w,
                                 indexing="ij")
@@ -166,13 +167,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
             srcs.append(x.flatten(2).transpose(1, 2))
             pos.append(sine_position_embedding(x.shape, x.shape[1] // 2, x.device, x.dtype)
                        .flatten(2).transpose(1, 2) + self.level_embed[level])
-        shapes = [features[k].shape[-2:] for k in self.transformer_in_features]
-        spatial_shapes = torch.as_tensor([tuple(s) for s in shapes], device=srcs[0].device)
+        shapes = [tuple(features[k].shape[-2:]) for k in self.transformer_in_features]
         src, pos = torch.cat(srcs, 1), torch.cat(pos, 1)
-        reference_points = encoder_reference_points(spatial_shapes, src.shape[0], src.device,
-                                                    src.dtype)
+        reference_points = encoder_reference_points(shapes, src.shape[0], src.device, src.dtype)
         for layer in self.encoder:
-            src = layer(src, pos, reference_points, spatial_shapes)
+            src = layer(src, pos, reference_points, shapes)
 
         n = src.shape[0]
         multi_scale = [y.transpose(1, 2).reshape(n, -1, h, w) for y, (h, w) in
