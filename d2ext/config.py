@@ -218,8 +218,9 @@ def add_d2ext_config(cfg):
     # Of two detections of different classes whose masks overlap by more IoU, the lower scoring
     # one is dropped (one object found by two phrases).
     cfg.MODEL.TEXT_PROMPT.DEDUP_IOU = 0.7
-    # Phrases decoded per call on the shared image encoding.
-    cfg.MODEL.TEXT_PROMPT.PHRASES_PER_BATCH = 16
+    # Phrases decoded per call on the shared image encoding; 0 = by device (CUDA 16, otherwise
+    # 4: on a CPU, larger batches run slower).
+    cfg.MODEL.TEXT_PROMPT.PHRASES_PER_BATCH = 0
 
     # The best device here: CUDA if available, else Apple MPS, else CPU. A concrete name, so
     # that detectron2's own build_model / DefaultPredictor / DefaultTrainer take the config as

@@ -78,7 +78,8 @@ def test_instances_at_any_image_size(sam3_dir):
 def test_the_image_is_encoded_once_and_batched_phrases_equal_one_at_a_time(sam3_dir):
     classes = "['duck', 'panda', 'dice', 'star', 'square']"
     batched = load_predictor(text_cfg(sam3_dir, "MODEL.TEXT_PROMPT.CLASSES", classes,
-                                      "MODEL.TEXT_PROMPT.SCORE_THRESHOLD", "0.0"))
+                                      "MODEL.TEXT_PROMPT.SCORE_THRESHOLD", "0.0",
+                                      "MODEL.TEXT_PROMPT.PHRASES_PER_BATCH", "2"))
     single = load_predictor(text_cfg(sam3_dir, "MODEL.TEXT_PROMPT.CLASSES", classes,
                                      "MODEL.TEXT_PROMPT.SCORE_THRESHOLD", "0.0",
                                      "MODEL.TEXT_PROMPT.PHRASES_PER_BATCH", "1"))

@@ -79,7 +79,8 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=480, help="the photo's size")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--phrases-per-batch", type=int, default=16)
+    parser.add_argument("--phrases-per-batch", type=int, default=0,
+                        help="MODEL.TEXT_PROMPT.PHRASES_PER_BATCH (0: by device)")
     args = parser.parse_args(argv)
 
     from ..modeling.meta_arch import TextPromptSegmentor

@@ -29,8 +29,9 @@ class TextPromptSegmentor(nn.Module):
     default every class is prompted with its name.
 
     Per image, SAM 3's vision encoder runs once; every class phrase is decoded on that encoding,
-    ``phrases_per_batch`` phrases per call (the text embeddings are computed once per model, not
-    per image). Each phrase's detections are SAM 3's own: score = query score x presence score,
+    ``phrases_per_batch`` phrases per call (0: by device, CUDA 16, otherwise 4: on a CPU larger
+    batches ran slower, their activations no longer cache-sized); the
+    text embeddings are computed once per model, not per image. Each phrase's detections are SAM 3's own: score = query score x presence score,
     kept above ``score_threshold``, masks resized and thresholded at ``mask_threshold``, as
     ``Sam3Processor.post_process_instance_segmentation`` gives them. SAM 3 answers one phrase at
     a time, so one object may be found by two phrases; of two detections of different classes
@@ -41,7 +42,7 @@ class TextPromptSegmentor(nn.Module):
     @configurable
     def __init__(self, *, sam3, tokenizer, class_names, phrases=(), phrase_classes=(),
                  image_size=1008, score_threshold=0.3, mask_threshold=0.5, dedup_iou=0.7,
-                 max_instances=100, phrases_per_batch=16, input_format="RGB"):
+                 max_instances=100, phrases_per_batch=0, input_format="RGB"):
         super().__init__()
         self.class_names = [str(c) for c in class_names]
         if not self.class_names:
@@ -120,9 +121,10 @@ class TextPromptSegmentor(nn.Module):
         pixels = preprocess_image(image_rgb.to(self.device), self.image_size)
         vision = self.sam3.get_vision_features(pixel_values=pixels)
         text = self.text_embeds()
+        batch = self.phrases_per_batch or (16 if self.device.type == "cuda" else 4)
         found = []
-        for start in range(0, len(self.phrases), self.phrases_per_batch):
-            chunk = slice(start, start + self.phrases_per_batch)
+        for start in range(0, len(self.phrases), batch):
+            chunk = slice(start, start + batch)
             scores, masks = decode_phrases(
                 self.sam3, vision, BaseModelOutputWithPooling(pooler_output=text[chunk]),
                 self.attention_mask[chunk])
