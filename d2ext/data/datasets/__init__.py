@@ -7,6 +7,13 @@ from .sem_seg_folders import load_sem_seg_folders, register_sem_seg_dataset
 from .synthetic_sem_seg import register_synthetic_sem_seg
 
 
+def test_thing_classes(cfg):
+    """The class names of the first test dataset ([] without one): zero-training models number
+    their classes as it does, so COCOEvaluator maps their predictions to its categories."""
+    names = list(cfg.DATASETS.TEST)[:1]
+    return list(getattr(MetadataCatalog.get(names[0]), "thing_classes", [])) if names else []
+
+
 def _triples(entries, key, fields):
     """The entries of DATASETS.<key>, each checked to be [name, <fields>]."""
     for entry in entries:

@@ -5,12 +5,12 @@ import math
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from ..backbone.dino_vit import DINO_STRIDE
+from ...data.datasets import test_thing_classes
 from ..mask_ops import mask_boxes, mask_nms, threshold_resized
 from ..sam_prompt.decoding import decode_prompts
 from ..sam_prompt.prompts import (PROMPT_METHODS, attention_prompts,
@@ -75,7 +75,7 @@ class DinoSamPrompt(nn.Module):
             references, class_names = collect_references(
                 sp.PROTOTYPE_DATASET, sp.PROTOTYPE_SHOTS,
                 [list(r) for r in sp.PROTOTYPE_REFERENCES], sp.PROTOTYPE_CLASSES,
-                index_names=_test_classes(cfg))
+                index_names=test_thing_classes(cfg))
         sam = build_sam_model(sp.SAM_TYPE, sp.SAM_CHECKPOINT)  # first: a missing file fails fast
         return dict(backbone=build_backbone(cfg), sam=sam,
                     method=sp.METHOD, num_segments=sp.NUM_SEGMENTS,
@@ -218,10 +218,3 @@ def _empty_instances(size, device):
     instances.scores = torch.zeros(0, device=device)
     instances.pred_classes = torch.zeros(0, dtype=torch.long, device=device)
     return instances
-
-
-def _test_classes(cfg):
-    """The first test dataset's class names: reference files of those classes get the same
-    indices, so COCOEvaluator maps their predictions to the right categories."""
-    names = list(cfg.DATASETS.TEST)[:1]
-    return list(getattr(MetadataCatalog.get(names[0]), "thing_classes", [])) if names else []

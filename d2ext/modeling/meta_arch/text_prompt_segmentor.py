@@ -4,11 +4,11 @@ import logging
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
+from ...data.datasets import test_thing_classes
 from ..mask_ops import mask_boxes, mask_nms
 from ..text_prompt import (TextPromptError, decode_phrases, load_sam3, preprocess_image,
                            resize_mask_probabilities, tokenize_phrases)
@@ -74,7 +74,7 @@ class TextPromptSegmentor(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         tp = cfg.MODEL.TEXT_PROMPT
-        dataset = _test_classes(cfg)
+        dataset = test_thing_classes(cfg)
         vocabulary = dataset or list(tp.CLASSES)  # what pred_classes index
         prompted = list(tp.CLASSES) or vocabulary
         unknown = [c for c in prompted if c not in vocabulary]
@@ -147,8 +147,3 @@ class TextPromptSegmentor(nn.Module):
         result.scores = scores[keep]
         result.pred_classes = classes[keep]
         return result
-
-
-def _test_classes(cfg):
-    names = list(cfg.DATASETS.TEST)[:1]
-    return list(getattr(MetadataCatalog.get(names[0]), "thing_classes", [])) if names else []
