@@ -2,7 +2,9 @@
 import argparse
 import json
 import os
+from unittest import mock
 
+import onnxruntime
 import pytest
 import torch
 
@@ -101,5 +103,14 @@ def test_benchmark_times_an_onnx_export_next_to_eager(tmp_path, capsys):
     assert f"{ms['onnxruntime_e2e'] / ms['d2ext_e2e']:.2f} x d2ext_e2e" in printed
     eager = build_model(cfg).eval()
     eager.attn_mask_probs.zero_()  # the benchmark's default: the trained state
-    bench.load_export(argparse.Namespace(exported=str(tmp_path / "onnx"), size=48), cfg, eager)
+    sessions = []
+    real_session = onnxruntime.InferenceSession
+    with mock.patch.object(onnxruntime, "InferenceSession",
+                           lambda *a, **k: sessions.append(real_session(*a, **k)) or sessions[-1]):
+        bench.load_export(argparse.Namespace(exported=str(tmp_path / "onnx"), size=48), cfg, eager)
     assert eager.attn_mask_probs.tolist() == [0.0, 1.0]
+    # Its idle threads must not spin on the cores the eager rows are timed on.
+    options = sessions[0].get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(SystemExit, match="no export.json there"):
+        bench.load_export(argparse.Namespace(exported=str(tmp_path), size=48), cfg, eager)

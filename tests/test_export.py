@@ -14,8 +14,8 @@ from PIL import Image
 
 from d2ext.engine import load_predictor, setup_cfg
 from d2ext.export import ExportedModel, ExportedPredictor, ExportError, export_model
-from d2ext.export.exporter import (build_graph, check_exportable, example_inputs,
-                                   fixed_size_reason, size_multiple)
+from d2ext.export.exporter import (build_graph, check_exportable, difference_from_eager,
+                                   example_inputs, fixed_size_reason, size_multiple)
 
 from conftest import CONFIGS, REPO, run_tool
 
@@ -159,6 +159,22 @@ def test_exported_predictor_equals_default_predictor(tmp_path):
     assert_same_outputs(eager, exported)
 
 
+@pytest.mark.parametrize("config, opts", [("quickstart_eomt", []),
+                                          ("quickstart_mask2former", ONE_LAYER_EACH)])
+def test_opset_23_export_uses_fused_attention_and_equals_eager(config, opts, tmp_path):
+    """--opset 23: the ViT's attentions become ONNX Attention nodes; outputs still equal eager
+    at two sizes of one dynamic export."""
+    import onnx
+
+    cfg, model = perturbed_model(config, opts)
+    spec = export_model(model, cfg, str(tmp_path), "onnx", opset=23)
+    graph = onnx.load(str(tmp_path / spec["file"]), load_external_data=False).graph
+    attention = sum(node.op_type == "Attention" for node in graph.node)
+    vit = getattr(model.backbone, "net", model.backbone).vit
+    assert spec["onnx_opset"] == 23 and attention >= vit.config.num_hidden_layers
+    assert difference_from_eager(model, cfg, str(tmp_path), padded_sizes(32)) <= 1e-4
+
+
 def test_fixed_size_export_refuses_a_larger_image(tmp_path):
     cfg, model = perturbed_model("quickstart_semseg")
     export_model(model, cfg, str(tmp_path), "torch_export", (64, 96))
@@ -169,10 +185,10 @@ def test_fixed_size_export_refuses_a_larger_image(tmp_path):
 
 
 def test_what_cannot_export_is_refused_with_the_reason():
-    def refusal(config, fmt, dynamic, opts=()):
+    def refusal(config, fmt, dynamic, opts=(), opset=18):
         cfg = setup_cfg(f"{CONFIGS}/{config}.yaml", list(opts))
         with pytest.raises(ExportError) as err:
-            check_exportable(cfg, fmt, dynamic)
+            check_exportable(cfg, fmt, dynamic, opset)
         return str(err.value)
 
     assert "DinoSamPrompt" in refusal("sam_tiny", "onnx", False)
@@ -187,6 +203,8 @@ def test_what_cannot_export_is_refused_with_the_reason():
         build_graph(model, cfg)
     with pytest.raises(ExportError, match="multiple of 16"):
         export_model(model, cfg, "unused", "onnx", (100, 128))
+    assert "choose 18 to 23" in refusal("quickstart_eomt", "onnx", True, opset=17)
+    assert "--opset 20 or lower" in refusal("quickstart", "onnx", False, opset=23)
 
 
 def test_tool_refuses_the_sam_prompt_config_in_one_line(tmp_path):

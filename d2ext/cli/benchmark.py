@@ -28,7 +28,8 @@ registers; the config's queries and classes) in transformers:
                equal work to d2ext's row (Mask2Former-style configs)
 --exported DIR (tools/export_model.py's output for the same config, fixed at S x S or dynamic)
 adds the export, in ONNX Runtime (CUDA provider when MODEL.DEVICE is cuda) or as the torch.export
-program, in the precision it was exported in:
+program, in the precision it was exported in (ONNX Runtime's idle threads set not to spin, so
+they leave the cores to the other rows):
   onnxruntime  (or torch_export) the graph on the same normalised tensor as the d2ext row
   onnxruntime_e2e  the same image as d2ext_e2e through ExportedPredictor (d2ext's runtime)
 An exported EoMT's masked-attention state (export.json) is given to the d2ext rows too, so both
@@ -46,6 +47,7 @@ Peak memory: CUDA max_memory_allocated; CPU the peak resident-set growth during 
 """
 import argparse
 import json
+import os
 
 import numpy as np
 import torch
@@ -88,7 +90,15 @@ def load_export(args, cfg, model):
     from d2ext.export import ExportedPredictor
 
     providers = ["CUDAExecutionProvider"] if cfg.MODEL.DEVICE.startswith("cuda") else None
-    predictor = ExportedPredictor(args.exported, providers)
+    options = None
+    if spec_format(args.exported) == "onnx":
+        import onnxruntime
+
+        # ONNX Runtime's idle workers spin on the cores by default and would slow the PyTorch
+        # rows timed between its calls; here they sleep.
+        options = onnxruntime.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    predictor = ExportedPredictor(args.exported, providers, options)
     spec = predictor.model.spec
     if spec["meta_architecture"] != cfg.MODEL.META_ARCHITECTURE:
         raise SystemExit(f"--exported {args.exported} holds a {spec['meta_architecture']}, the "
@@ -100,6 +110,18 @@ def load_export(args, cfg, model):
     if "attn_mask_probs" in spec:
         model.attn_mask_probs.copy_(torch.tensor(spec["attn_mask_probs"]))
     return predictor
+
+
+def spec_format(export_dir):
+    """The "format" of ``export_dir``'s export.json; a clear exit when there is none."""
+    from d2ext.export.exporter import SPEC_FILE
+
+    path = os.path.join(export_dir, SPEC_FILE)
+    if not os.path.isfile(path):
+        raise SystemExit(f"--exported {export_dir}: no {SPEC_FILE} there; write the folder with "
+                         "tools/export_model.py.")
+    with open(path) as f:
+        return json.load(f)["format"]
 
 
 def export_rows(predictor, x, image):

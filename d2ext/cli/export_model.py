@@ -1,10 +1,13 @@
 """Export a d2ext model to ONNX or a torch.export program, for serving without detectron2.
 
     python tools/export_model.py --config-file configs/dinov3_eomt_small.yaml --format onnx \\
-        --output exported/eomt_s [--size H W | --dynamic] [MODEL.WEIGHTS model_final.pth ...]
+        --output exported/eomt_s [--size H W | --dynamic] [--opset 18] \\
+        [MODEL.WEIGHTS model_final.pth ...]
 
-OUTPUT gets model.onnx (ONNX opset 18) or model.pt2 (torch.export.load), export.json (inputs,
-outputs, size, pixel mean and std: what a caller without detectron2 needs) and config.yaml. The
+OUTPUT gets model.onnx or model.pt2 (torch.export.load), export.json (inputs, outputs, size,
+pixel mean and std: what a caller without detectron2 needs) and config.yaml. ONNX opset: 18 by
+default, the oldest the dynamo exporter writes, so the widest-read; --opset 23 adds ONNX's fused
+Attention op, which ONNX Runtime reads from 1.23 on (Mask R-CNN's traced export: 20 at most). The
 graph takes the normalised image zero-padded at the bottom and right, (1, 3, H, W) float32
 "images" (Mask R-CNN also "image_size", the (h, w) int64 of the image inside the padding), and
 returns the raw head outputs: EoMT and DinoMask2Former pred_logits (1, Q, K+1) and pred_masks
@@ -30,9 +33,9 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from ..engine import load_predictor, setup_cfg
-from ..export.exporter import (FORMATS, ExportError, check_exportable, difference_from_eager,
-                               export_model, fixed_size_reason, largest_test_size,
-                               size_multiple)
+from ..export.exporter import (FORMATS, ONNX_OPSET, ExportError, check_exportable,
+                               difference_from_eager, export_model, fixed_size_reason,
+                               largest_test_size, size_multiple)
 
 logger = logging.getLogger("d2ext.export_model")
 
@@ -47,6 +50,8 @@ def main(argv=None):
     sizes.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                        help="fixed input size (multiples of the model's padding multiple)")
     sizes.add_argument("--dynamic", action="store_true", help="any H and W (see above)")
+    parser.add_argument("--opset", type=int, default=ONNX_OPSET,
+                        help="ONNX opset, 18 to 23 (--format onnx; see above)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
     setup_logger(name="d2ext")
@@ -57,7 +62,7 @@ def main(argv=None):
         cfg = setup_cfg(args.config_file, args.opts)
         fixed_only = fixed_size_reason(cfg, args.format)
         dynamic = args.dynamic or (args.size is None and fixed_only is None)
-        check_exportable(cfg, args.format, dynamic)  # before the model is built
+        check_exportable(cfg, args.format, dynamic, args.opset)  # before the model is built
         model = load_predictor(cfg).model
         multiple = size_multiple(model)
         size = None if dynamic else tuple(args.size or largest_test_size(cfg, multiple))
@@ -67,7 +72,7 @@ def main(argv=None):
         print(f"export_model: {err}", file=sys.stderr)
         return 1
     try:
-        spec = export_model(model, cfg, args.output, args.format, size)
+        spec = export_model(model, cfg, args.output, args.format, size, args.opset)
     except ExportError as err:
         print(f"export_model: {err}", file=sys.stderr)
         return 1

@@ -34,8 +34,13 @@ from torch import nn
 from ..modeling.backbone.dino_vit import DINO_ARCHS
 
 # GridSample (the deformable attention, the mask resampling) needs opset >= 16; the dynamo
-# exporter writes opset 18 and up.
+# exporter writes opset 18 and up, which every current ONNX runtime reads: the default. Opset 23
+# adds ONNX's own Attention op, one fused node per attention instead of MatMul, Softmax, MatMul
+# over the whole score matrix; ONNX Runtime reads it from 1.23 on.
 ONNX_OPSET = 18
+ONNX_OPSETS = range(18, 24)
+# The TorchScript-based exporter (Mask R-CNN's, below) writes opset 20 at most.
+TRACED_MAX_OPSET = 20
 FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2"}
 SPEC_FILE, CONFIG_FILE = "export.json", "config.yaml"
 # Warnings of the Mask R-CNN trace, silenced by message: the TorchScript-based exporter is
@@ -113,9 +118,10 @@ def fixed_size_reason(cfg, fmt):
     return None
 
 
-def check_exportable(cfg, fmt, dynamic):
+def check_exportable(cfg, fmt, dynamic, opset=ONNX_OPSET):
     """Raise ``ExportError`` for a config that cannot be exported in ``fmt`` ("onnx" or
-    "torch_export"), with ``dynamic`` H and W or at a fixed size, before any model is built."""
+    "torch_export"), with ``dynamic`` H and W or at a fixed size, at ONNX ``opset``, before any
+    model is built."""
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch not in EXPORTABLE:
         why = f" ({NOT_EXPORTABLE[arch]})" if arch in NOT_EXPORTABLE else ""
@@ -127,6 +133,13 @@ def check_exportable(cfg, fmt, dynamic):
         raise ExportError("Mask R-CNN (GeneralizedRCNN) exports to ONNX only: detectron2's RPN "
                           "and box head branch on tensor values, which torch.export cannot "
                           "capture; use --format onnx.")
+    if fmt == "onnx" and opset not in ONNX_OPSETS:
+        raise ExportError(f"--opset {opset}: choose {ONNX_OPSETS[0]} to {ONNX_OPSETS[-1]} "
+                          "(GridSample needs 16 and up, the dynamo exporter writes 18 and up).")
+    if fmt == "onnx" and arch == "GeneralizedRCNN" and opset > TRACED_MAX_OPSET:
+        raise ExportError(f"--opset {opset}: Mask R-CNN is traced by the TorchScript-based "
+                          f"exporter, which writes opset {TRACED_MAX_OPSET} at most; give "
+                          f"--opset {TRACED_MAX_OPSET} or lower.")
     reason = fixed_size_reason(cfg, fmt)
     if dynamic and reason:
         raise ExportError(f"{reason}: give --size H W instead of --dynamic.")
@@ -193,15 +206,16 @@ def dynamic_shapes(multiple):
     return {"images": {2: multiple * blocks[0], 3: multiple * blocks[1]}}
 
 
-def export_model(model, cfg, output_dir, fmt, size=None):
+def export_model(model, cfg, output_dir, fmt, size=None, opset=ONNX_OPSET):
     """Write ``model`` (built from ``cfg``, eval mode) to ``output_dir`` in ``fmt`` ("onnx" or
     "torch_export"): the graph file, ``export.json`` and ``config.yaml``.
 
     ``size`` (H, W) fixes the input size; None makes H and W dynamic (traced at
-    ``largest_test_size``). Returns the spec written to export.json. Raises ``ExportError``
-    (a one-line message) for what cannot be exported.
+    ``largest_test_size``). ``opset``: the ONNX opset (``ONNX_OPSETS``). Returns the spec
+    written to export.json. Raises ``ExportError`` (a one-line message) for what cannot be
+    exported.
     """
-    check_exportable(cfg, fmt, dynamic=size is None)
+    check_exportable(cfg, fmt, dynamic=size is None, opset=opset)
     multiple = size_multiple(model)
     if size is not None and any(side <= 0 or side % multiple for side in size):
         raise ExportError(f"--size {size[0]} {size[1]}: each side must be a positive multiple "
@@ -219,7 +233,7 @@ def export_model(model, cfg, output_dir, fmt, size=None):
             with warnings.catch_warnings():
                 for message in TRACE_WARNINGS:
                     warnings.filterwarnings("ignore", message=message)
-                torch.onnx.export(graph, inputs, path, dynamo=False, opset_version=ONNX_OPSET,
+                torch.onnx.export(graph, inputs, path, dynamo=False, opset_version=opset,
                                   input_names=input_names, output_names=output_names,
                                   dynamic_axes=dynamic_axes)
         else:
@@ -231,7 +245,7 @@ def export_model(model, cfg, output_dir, fmt, size=None):
                 # One file, unless the weights near protobuf's 2 GiB limit: above 1 GiB they
                 # go to model.onnx.data beside it (ONNX Runtime reads them from there).
                 weights = sum(p.numel() * p.element_size() for p in model.parameters())
-                torch.onnx.export(program, inputs, path, dynamo=True, opset_version=ONNX_OPSET,
+                torch.onnx.export(program, inputs, path, dynamo=True, opset_version=opset,
                                   input_names=input_names, output_names=output_names,
                                   external_data=weights > 2**30, verbose=False)
     if fmt == "onnx":
@@ -248,7 +262,7 @@ def export_model(model, cfg, output_dir, fmt, size=None):
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
     }
     if fmt == "onnx":
-        spec["onnx_opset"] = ONNX_OPSET
+        spec["onnx_opset"] = opset
     if "attn_mask_probs" in getattr(graph, "predict_kwargs", {}):
         spec["attn_mask_probs"] = graph.predict_kwargs["attn_mask_probs"]
     with open(os.path.join(output_dir, SPEC_FILE), "w") as f:

@@ -23,10 +23,11 @@ from ..modeling.postprocessing import MaskFormerInference
 from .exporter import CONFIG_FILE, MASK_CLASSIFICATION, SPEC_FILE
 
 
-def load_graph(export_dir, spec, providers=None):
+def load_graph(export_dir, spec, providers=None, session_options=None):
     """The graph of ``export_dir`` as a function: the spec's input tensors -> its output
     tensors (a list, on the CPU for ONNX Runtime). ``providers``: ONNX Runtime's execution
-    providers (default: the CPU's)."""
+    providers (default: the CPU's); ``session_options``: its ``SessionOptions`` (default:
+    ONNX Runtime's)."""
     path = os.path.join(export_dir, spec["file"])
     if spec["format"] == "torch_export":
         program = torch.export.load(path).module()
@@ -39,7 +40,8 @@ def load_graph(export_dir, spec, providers=None):
         return run_program
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(path, providers=providers or ["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(path, session_options,
+                                           providers=providers or ["CPUExecutionProvider"])
 
     def run_session(*inputs):
         feeds = {name: x.cpu().numpy() for name, x in zip(spec["inputs"], inputs)}
@@ -62,11 +64,11 @@ class ExportedModel:
     zero tokens), and refuses a larger image.
     """
 
-    def __init__(self, export_dir, providers=None):
+    def __init__(self, export_dir, providers=None, session_options=None):
         with open(os.path.join(export_dir, SPEC_FILE)) as f:
             self.spec = json.load(f)
         self.cfg = setup_cfg(os.path.join(export_dir, CONFIG_FILE))
-        self.run = load_graph(export_dir, self.spec, providers)
+        self.run = load_graph(export_dir, self.spec, providers, session_options)
         self.pixel_mean = torch.tensor(self.spec["pixel_mean"]).view(-1, 1, 1)
         self.pixel_std = torch.tensor(self.spec["pixel_std"]).view(-1, 1, 1)
         arch = self.spec["meta_architecture"]
@@ -129,8 +131,8 @@ class ExportedPredictor(DefaultPredictor):
     order, test-time resize) with d2ext's ``ResizeShortestEdge`` of INPUT.MIN_SIZE_TEST /
     MAX_SIZE_TEST, as ``d2ext.engine.load_predictor`` sets it; no model is built."""
 
-    def __init__(self, export_dir, providers=None):  # not DefaultPredictor's: it builds a model
-        self.model = ExportedModel(export_dir, providers)
+    def __init__(self, export_dir, providers=None, session_options=None):  # builds no model
+        self.model = ExportedModel(export_dir, providers, session_options)
         self.cfg = self.model.cfg
         self.input_format = self.cfg.INPUT.FORMAT
         self.aug = ResizeShortestEdge([self.cfg.INPUT.MIN_SIZE_TEST] * 2,
