@@ -47,7 +47,6 @@ Peak memory: CUDA max_memory_allocated; CPU the peak resident-set growth during 
 """
 import argparse
 import json
-import os
 
 import numpy as np
 import torch
@@ -90,15 +89,19 @@ def load_export(args, cfg, model):
     from d2ext.export import ExportedPredictor
 
     providers = ["CUDAExecutionProvider"] if cfg.MODEL.DEVICE.startswith("cuda") else None
-    options = None
-    if spec_format(args.exported) == "onnx":
+    try:
         import onnxruntime
-
+    except ImportError:  # a torch.export program runs without it
+        options = None
+    else:
         # ONNX Runtime's idle workers spin on the cores by default and would slow the PyTorch
         # rows timed between its calls; here they sleep.
         options = onnxruntime.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    predictor = ExportedPredictor(args.exported, providers, options)
+    try:
+        predictor = ExportedPredictor(args.exported, providers, options)
+    except FileNotFoundError as err:
+        raise SystemExit(f"--exported {err}") from None
     spec = predictor.model.spec
     if spec["meta_architecture"] != cfg.MODEL.META_ARCHITECTURE:
         raise SystemExit(f"--exported {args.exported} holds a {spec['meta_architecture']}, the "
@@ -110,18 +113,6 @@ def load_export(args, cfg, model):
     if "attn_mask_probs" in spec:
         model.attn_mask_probs.copy_(torch.tensor(spec["attn_mask_probs"]))
     return predictor
-
-
-def spec_format(export_dir):
-    """The "format" of ``export_dir``'s export.json; a clear exit when there is none."""
-    from d2ext.export.exporter import SPEC_FILE
-
-    path = os.path.join(export_dir, SPEC_FILE)
-    if not os.path.isfile(path):
-        raise SystemExit(f"--exported {export_dir}: no {SPEC_FILE} there; write the folder with "
-                         "tools/export_model.py.")
-    with open(path) as f:
-        return json.load(f)["format"]
 
 
 def export_rows(predictor, x, image):

@@ -34,7 +34,7 @@ from torch import nn
 from ..modeling.backbone.dino_vit import DINO_ARCHS
 
 # GridSample (the deformable attention, the mask resampling) needs opset >= 16; the dynamo
-# exporter writes opset 18 and up, which every current ONNX runtime reads: the default. Opset 23
+# exporter writes opset 18 and up; the oldest is the widest-read, so the default. Opset 23
 # adds ONNX's own Attention op, one fused node per attention instead of MatMul, Softmax, MatMul
 # over the whole score matrix; ONNX Runtime reads it from 1.23 on.
 ONNX_OPSET = 18

@@ -65,7 +65,11 @@ class ExportedModel:
     """
 
     def __init__(self, export_dir, providers=None, session_options=None):
-        with open(os.path.join(export_dir, SPEC_FILE)) as f:
+        spec_path = os.path.join(export_dir, SPEC_FILE)
+        if not os.path.isfile(spec_path):
+            raise FileNotFoundError(f"{export_dir}: no {SPEC_FILE} there; write the folder with "
+                                    "tools/export_model.py.")
+        with open(spec_path) as f:
             self.spec = json.load(f)
         self.cfg = setup_cfg(os.path.join(export_dir, CONFIG_FILE))
         self.run = load_graph(export_dir, self.spec, providers, session_options)
