@@ -47,25 +47,23 @@ class MetaCheckpointError(ValueError):
     """A Meta-layout checkpoint that cannot be mapped onto transformers' model."""
 
 
+def _prefix(state, key, sibling):
+    """The prefix P before ``key`` in ``state`` whose P + ``sibling`` is there too, or None."""
+    for name in state:
+        if name.endswith(key) and f"{name[: -len(key)]}{sibling}" in state:
+            return name[: -len(key)]
+    return None
+
+
 def meta_prefix(state):
     """The prefix before Meta's keys ("" for a bare state dict, e.g. "backbone." inside a
     training checkpoint), or None when ``state`` is not in Meta's ViT layout."""
-    for key in state:
-        if key.endswith(META_PATCH_KEY):
-            prefix = key[: -len(META_PATCH_KEY)]
-            if f"{prefix}cls_token" in state:
-                return prefix
-    return None
+    return _prefix(state, META_PATCH_KEY, "cls_token")
 
 
 def meta_convnext_prefix(state):
     """As ``meta_prefix``, for Meta's ConvNeXt layout."""
-    for key in state:
-        if key.endswith(META_CONVNEXT_STEM_KEY):
-            prefix = key[: -len(META_CONVNEXT_STEM_KEY)]
-            if f"{prefix}stages.0.0.dwconv.weight" in state:
-                return prefix
-    return None
+    return _prefix(state, META_CONVNEXT_STEM_KEY, "stages.0.0.dwconv.weight")
 
 
 _CONVNEXT_BLOCK = re.compile(r"stages\.(\d+)\.(\d+)\.(.+)")
