@@ -15,8 +15,8 @@ EXTRAS = {
     # runs on onnxscript (torch 2.11+ needs 0.6+); onnxruntime-gpu gives the CUDA provider.
     "export": ["onnx>=1.16", "onnxscript>=0.6", "onnxruntime>=1.18"],
 }
-# The tests exercise every extra.
-EXTRAS["dev"] = ["pytest>=7"] + EXTRAS["sam"] + EXTRAS["fiftyone"] + EXTRAS["export"]
+# The tests exercise every extra; ruff is the linter (ruff.toml), run before them.
+EXTRAS["dev"] = ["pytest>=7", "ruff>=0.6"] + EXTRAS["sam"] + EXTRAS["fiftyone"] + EXTRAS["export"]
 
 setup(
     name="d2ext",

@@ -4,9 +4,27 @@ from detectron2.config import CfgNode as CN
 
 def add_d2ext_config(cfg):
     """Add d2ext's keys (with defaults) to a detectron2 config, in place."""
+    add_dino_config(cfg)
+    add_mask_former_config(cfg)
+    add_eomt_config(cfg)
+    add_sam_prompt_config(cfg)
+    add_text_prompt_config(cfg)
+    add_input_config(cfg)
+    add_datasets_config(cfg)
+    add_solver_config(cfg)
+    add_evaluation_config(cfg)
+    add_tools_config(cfg)
+    # The best device here: CUDA if available, else Apple MPS, else CPU. A concrete name, so
+    # that detectron2's own build_model / DefaultPredictor / DefaultTrainer take the config as
+    # it is; d2ext's tools also accept "auto" (d2ext.engine.resolve_device).
+    cfg.MODEL.DEVICE = default_device()
+
+
+def add_dino_config(cfg):
+    """MODEL.DINO: the DINOv2 / DINOv3 ViT and DINOv3 ConvNeXt backbones."""
     # --- DINOv2 / DINOv3 ViT backbone (d2ext/modeling/backbone/dino_vit.py) ---
     cfg.MODEL.DINO = CN()
-    # Architecture by name (see d2ext.modeling.backbone.dino_vit.DINO_ARCHS): the model is built
+    # Architecture by name (see d2ext.modeling.backbone.archs.DINO_ARCHS): the model is built
     # from this alone, so it builds offline with random weights.
     cfg.MODEL.DINO.ARCH = "dinov3_vits16"
     # Pretrained weights for the ViT only: "" (random), a transformers hub id, a local
@@ -24,7 +42,8 @@ def add_d2ext_config(cfg):
     # Layer-wise LR decay: block i gets lr * LAYER_DECAY ** (num_blocks - i); 1.0 disables.
     # EoMT follows its own recipe (EoMT.lr_factor_func).
     cfg.MODEL.DINO.LAYER_DECAY = 1.0
-    # Recompute block activations in the backward pass (less memory, ~30% slower).
+    # Recompute block activations in the backward pass: trades compute for memory (each block's
+    # forward runs twice, its activations are not kept).
     cfg.MODEL.DINO.GRADIENT_CHECKPOINTING = False
     # Simple feature pyramid (ViTDet) over the ViT's stride-16 map: p2..p5 (+ p6 by max pool).
     # Its width and norm are MODEL.FPN.OUT_CHANNELS and MODEL.FPN.NORM.
@@ -34,7 +53,9 @@ def add_d2ext_config(cfg):
     # counts stages. The stages the backbone returns (res2..res5, strides 4-32):
     cfg.MODEL.DINO.CONVNEXT_OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
-    # === Mask2Former-style head: Mask2Former's key names ========================================
+
+def add_mask_former_config(cfg):
+    """MODEL.MASK_FORMER and MODEL.SEM_SEG_HEAD: the Mask2Former-style head, Mask2Former's keys."""
     # --- Transformer decoder, matcher and losses (d2ext/modeling/{transformer_decoder,matcher,
     # criterion}.py) ---
     cfg.MODEL.MASK_FORMER = CN()
@@ -80,17 +101,10 @@ def add_d2ext_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
-    # --- Training data (d2ext/data/dataset_mappers/): Mask2Former's key names ---
-    # "mask_former_instance_lsj" (COCO instances), "mask_former_semantic_lsj" (label PNGs) or ""
-    # (detectron2's DatasetMapper, for the R-CNN configs).
-    cfg.INPUT.DATASET_MAPPER_NAME = ""
-    # Large-scale jitter: fit into IMAGE_SIZE x U(MIN_SCALE, MAX_SCALE), crop to IMAGE_SIZE.
-    cfg.INPUT.IMAGE_SIZE = 1024
-    cfg.INPUT.MIN_SCALE = 0.1
-    cfg.INPUT.MAX_SCALE = 2.0
-    # === end of the Mask2Former-style head =====================================================
 
-    # --- Encoder-only Mask Transformer (d2ext/modeling/meta_arch/eomt.py) ---
+
+def add_eomt_config(cfg):
+    """MODEL.EOMT: the Encoder-only Mask Transformer (d2ext/modeling/meta_arch/eomt.py)."""
     # EoMT reads the bare ViT (MODEL.BACKBONE.NAME "build_dino_vit_backbone", MODEL.DINO.*), its
     # classes from MODEL.SEM_SEG_HEAD.NUM_CLASSES, its losses from MODEL.MASK_FORMER.{CLASS,MASK,
     # DICE}_WEIGHT, NO_OBJECT_WEIGHT, TRAIN_NUM_POINTS, ... and its outputs from
@@ -116,57 +130,12 @@ def add_d2ext_config(cfg):
     cfg.MODEL.EOMT.ANNEAL_START_ITERS = []
     cfg.MODEL.EOMT.ANNEAL_END_ITERS = []
     cfg.MODEL.EOMT.ANNEAL_POWER = 0.9
-    # === end of the encoder-only mode ==========================================================
 
-    # --- Solver ---
-    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
-    # LR multiplier of the ViT's parameters (Mask2Former's key).
-    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
-    # AMPTrainer's autocast dtype on CUDA: "float16" or "bfloat16".
-    cfg.SOLVER.AMP.PRECISION = "float16"
-    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model" (Mask2Former's: the norm of all
-    # gradients together). SOLVER.LR_SCHEDULER_NAME also takes "TwoStageWarmupPoly" (EoMT's):
-    # the head warms up over WARMUP_ITERS with the backbone at 0, then the backbone over
-    # BACKBONE_WARMUP_ITERS; each then decays as (1 - progress) ** POLY_LR_POWER.
-    cfg.SOLVER.BACKBONE_WARMUP_ITERS = 0
-    # Weight decay of nn.Embedding weights (queries, level embeddings), Mask2Former's key.
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
-    cfg.SOLVER.POLY_LR_POWER = 0.9
 
-    # --- Evaluation and best checkpoint ---
-    # Keep `model_best.pth` by this metric of the periodic evaluation ("" disables).
-    cfg.TEST.BEST_CHECKPOINT_METRIC = "segm/AP"
-    cfg.TEST.BEST_CHECKPOINT_MODE = "max"
-
-    # --- Datasets registered without code ---
-    # COCO-format datasets as [name, json_file, image_root] triples; registered by
-    # d2ext.data.datasets.register_datasets_from_cfg before training or evaluation.
-    cfg.DATASETS.COCO_INSTANCES = []
-    # The built-in synthetic dataset ("d2ext_synthetic_train" / "d2ext_synthetic_val").
-    cfg.DATASETS.SYNTHETIC = CN()
-    cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 200
-    cfg.DATASETS.SYNTHETIC.NUM_VAL = 50
-    cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 192
-    # Where generated images are cached; "" means $D2EXT_DATASETS or ./datasets.
-    cfg.DATASETS.SYNTHETIC.ROOT = ""
-
-    # --- Semantic segmentation on DINO features ---
-    # Datasets from an image folder and a mask folder, as [name, image_dir, mask_dir] triples;
-    # masks are single-channel PNGs named like their image whose pixel values are class ids.
-    # Pixels equal to MODEL.SEM_SEG_HEAD.IGNORE_VALUE are ignored by the loss and SemSegEvaluator.
-    cfg.DATASETS.SEM_SEG = []
-    # Class names of those datasets, in class-id order; empty: "class_0", "class_1", ... up to
-    # MODEL.SEM_SEG_HEAD.NUM_CLASSES.
-    cfg.DATASETS.SEM_SEG_CLASSES = []
-
-    # --- tools/demo.py and the quickstart ---
-    cfg.D2EXT = CN()
-    # Written after training (tools/train_net.py): one val image with its predictions.
-    cfg.D2EXT.SAVE_DEMO_IMAGE = True
-
-    # --- SAM-prompt meta-architecture (META_ARCHITECTURE "DinoSamPrompt",
-    # d2ext/modeling/meta_arch/dino_sam_prompt.py): DINO features choose prompts, SAM draws
-    # masks; nothing is trained ---
+def add_sam_prompt_config(cfg):
+    """MODEL.SAM_PROMPT: the "DinoSamPrompt" meta-architecture (DINO prompts, SAM masks)."""
+    # META_ARCHITECTURE "DinoSamPrompt", d2ext/modeling/meta_arch/dino_sam_prompt.py: DINO
+    # features choose prompts, SAM draws masks; nothing is trained.
     cfg.MODEL.SAM_PROMPT = CN()
     # segment-anything model type ("vit_b", "vit_l", "vit_h"; "tiny" for tests) and its official
     # checkpoint file (sam_vit_*.pth); "" gives random weights (tests and benchmarks only).
@@ -198,9 +167,11 @@ def add_d2ext_config(cfg):
     # otherwise 8: on a CPU, small batches keep the per-prompt image tokens cache-sized).
     cfg.MODEL.SAM_PROMPT.PROMPTS_PER_BATCH = 0
 
-    # --- Text-prompt meta-architecture (META_ARCHITECTURE "TextPromptSegmentor",
-    # d2ext/modeling/meta_arch/text_prompt_segmentor.py): SAM 3 finds every instance of each
-    # class's phrase; nothing is trained ---
+
+def add_text_prompt_config(cfg):
+    """MODEL.TEXT_PROMPT: the "TextPromptSegmentor" meta-architecture (SAM 3 text prompts)."""
+    # META_ARCHITECTURE "TextPromptSegmentor", d2ext/modeling/meta_arch/text_prompt_segmentor.py:
+    # SAM 3 finds every instance of each class's phrase; nothing is trained.
     cfg.MODEL.TEXT_PROMPT = CN()
     # SAM 3 (transformers' Sam3Model and its tokenizer): the hub id "facebook/sam3" (gated) or a
     # local save_pretrained directory.
@@ -219,13 +190,72 @@ def add_d2ext_config(cfg):
     # one is dropped (one object found by two phrases).
     cfg.MODEL.TEXT_PROMPT.DEDUP_IOU = 0.7
     # Phrases decoded per call on the shared image encoding; 0 = by device (CUDA 16, otherwise
-    # 4: on a CPU, larger batches run slower).
+    # 4: on a CPU, a smaller call keeps its activations cache-sized; see docs/benchmarks.md).
     cfg.MODEL.TEXT_PROMPT.PHRASES_PER_BATCH = 0
 
-    # The best device here: CUDA if available, else Apple MPS, else CPU. A concrete name, so
-    # that detectron2's own build_model / DefaultPredictor / DefaultTrainer take the config as
-    # it is; d2ext's tools also accept "auto" (d2ext.engine.resolve_device).
-    cfg.MODEL.DEVICE = default_device()
+
+def add_input_config(cfg):
+    """INPUT: Mask2Former's keys for its training data (d2ext/data/dataset_mappers/)."""
+    # "mask_former_instance_lsj" (COCO instances), "mask_former_semantic_lsj" (label PNGs) or ""
+    # (detectron2's DatasetMapper, for the R-CNN configs).
+    cfg.INPUT.DATASET_MAPPER_NAME = ""
+    # Large-scale jitter: fit into IMAGE_SIZE x U(MIN_SCALE, MAX_SCALE), crop to IMAGE_SIZE.
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+
+def add_datasets_config(cfg):
+    """DATASETS: datasets registered without code (COCO files, synthetic, semantic folders)."""
+    # COCO-format datasets as [name, json_file, image_root] triples; registered by
+    # d2ext.data.datasets.register_datasets_from_cfg before training or evaluation.
+    cfg.DATASETS.COCO_INSTANCES = []
+    # The built-in synthetic dataset ("d2ext_synthetic_train" / "d2ext_synthetic_val").
+    cfg.DATASETS.SYNTHETIC = CN()
+    cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 200
+    cfg.DATASETS.SYNTHETIC.NUM_VAL = 50
+    cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 192
+    # Where generated images are cached; "" means $D2EXT_DATASETS or ./datasets.
+    cfg.DATASETS.SYNTHETIC.ROOT = ""
+    # --- Semantic segmentation on DINO features ---
+    # Datasets from an image folder and a mask folder, as [name, image_dir, mask_dir] triples;
+    # masks are single-channel PNGs named like their image whose pixel values are class ids.
+    # Pixels equal to MODEL.SEM_SEG_HEAD.IGNORE_VALUE are ignored by the loss and SemSegEvaluator.
+    cfg.DATASETS.SEM_SEG = []
+    # Class names of those datasets, in class-id order; empty: "class_0", "class_1", ... up to
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES.
+    cfg.DATASETS.SEM_SEG_CLASSES = []
+
+
+def add_solver_config(cfg):
+    """SOLVER: optimizer, backbone LR and EoMT's schedule (d2ext/solver.py)."""
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    # LR multiplier of the ViT's parameters (Mask2Former's key).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+    # AMPTrainer's autocast dtype on CUDA: "float16" or "bfloat16".
+    cfg.SOLVER.AMP.PRECISION = "float16"
+    # SOLVER.CLIP_GRADIENTS.CLIP_TYPE also takes "full_model" (Mask2Former's: the norm of all
+    # gradients together). SOLVER.LR_SCHEDULER_NAME also takes "TwoStageWarmupPoly" (EoMT's):
+    # the head warms up over WARMUP_ITERS with the backbone at 0, then the backbone over
+    # BACKBONE_WARMUP_ITERS; each then decays as (1 - progress) ** POLY_LR_POWER.
+    cfg.SOLVER.BACKBONE_WARMUP_ITERS = 0
+    # Weight decay of nn.Embedding weights (queries, level embeddings), Mask2Former's key.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+
+
+def add_evaluation_config(cfg):
+    """TEST: evaluation and the best checkpoint."""
+    # Keep `model_best.pth` by this metric of the periodic evaluation ("" disables).
+    cfg.TEST.BEST_CHECKPOINT_METRIC = "segm/AP"
+    cfg.TEST.BEST_CHECKPOINT_MODE = "max"
+
+
+def add_tools_config(cfg):
+    """D2EXT: options of d2ext's tools (tools/demo.py, tools/train_net.py and the quickstart)."""
+    cfg.D2EXT = CN()
+    # Written after training (tools/train_net.py): one val image with its predictions.
+    cfg.D2EXT.SAVE_DEMO_IMAGE = True
 
 
 def default_device():
@@ -247,3 +277,11 @@ def get_d2ext_cfg():
     cfg = get_cfg()
     add_d2ext_config(cfg)
     return cfg
+
+
+def config_value(cfg, key):
+    """The value of the dotted ``key`` (e.g. "MODEL.ROI_HEADS.NUM_CLASSES") in ``cfg``."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value

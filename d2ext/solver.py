@@ -7,6 +7,7 @@ from torch import nn
 
 from .modeling.backbone.dino_convnext import DinoConvNextBackbone
 from .modeling.backbone.dino_vit import DinoViTBackbone
+from .modeling.meta_arch import capabilities
 
 # Token and position parameters get no weight decay, as in DINO's and ViTDet's recipes.
 _NO_DECAY = ("cls_token", "register_tokens", "position_embeddings")
@@ -51,9 +52,9 @@ def add_full_model_gradient_clipping(optimizer_cls, max_norm, norm_type=2.0):
 def optimizer_param_groups(cfg, model):
     """``get_default_optimizer_params`` groups of the backbone and of the rest, kept apart (each
     group has "backbone": bool) so that schedules can treat them differently. The LR factors
-    are the model's own ``lr_factor_func(cfg)`` if it has one, else ``dino_lr_factor_func``."""
-    own = getattr(model, "lr_factor_func", None)
-    factor = own(cfg) if own else dino_lr_factor_func(
+    are the model's own (its capabilities' ``lr_factor_func``) if it declares them, else
+    ``dino_lr_factor_func``."""
+    factor = capabilities(model).lr_factor_func(model, cfg) or dino_lr_factor_func(
         model, cfg.SOLVER.BACKBONE_MULTIPLIER, cfg.MODEL.DINO.LAYER_DECAY)
     parts = {"backbone": {n: m for n, m in model.named_children() if n == "backbone"},
              "rest": {n: m for n, m in model.named_children() if n != "backbone"}}

@@ -1,8 +1,6 @@
-"""Shared fixtures. The suite requires detectron2: without it collection fails (by design)."""
-import os
-import subprocess
-import sys
+"""Shared fixtures. The suite requires detectron2: without it collection fails (by design).
 
+The plain functions behind them, and the other shared helpers, are in helpers.py."""
 import pytest
 import torch
 
@@ -13,10 +11,8 @@ except ImportError as err:  # fail loudly: d2ext is a detectron2 extension
                       "'Install'.") from err
 
 import d2ext  # noqa: F401,E402  (registers everything)
-from d2ext.engine import setup_cfg  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
+import helpers  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,27 +27,31 @@ def synthetic_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("datasets"))
 
 
-def tiny_opts(synthetic_root, output_dir, max_iter=4):
-    """Overrides that make configs/quickstart.yaml train in seconds."""
-    return ["DATASETS.SYNTHETIC.ROOT", synthetic_root, "DATASETS.SYNTHETIC.NUM_TRAIN", "12",
-            "DATASETS.SYNTHETIC.NUM_VAL", "6", "DATASETS.SYNTHETIC.IMAGE_SIZE", "128",
-            "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
-            "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160",
-            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
-            "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "1000",
-            "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0", "D2EXT.SAVE_DEMO_IMAGE",
-            "False", "OUTPUT_DIR", str(output_dir), "SEED", "1"]
+@pytest.fixture
+def tiny_config(synthetic_root, tmp_path):
+    """A factory: ``tiny_config(name, *opts, max_iter=4, output_dir=None)`` is configs/<name>
+    on the session's tiny synthetic dataset (helpers.tiny_opts: a few 128-px images,
+    ``max_iter`` iterations, OUTPUT_DIR ``output_dir`` or tmp_path / "out"), then ``opts``."""
+    def build(name, *opts, max_iter=4, output_dir=None):
+        output_dir = tmp_path / "out" if output_dir is None else output_dir
+        return helpers.tiny_config(name, synthetic_root, output_dir, *opts, max_iter=max_iter)
+    return build
 
 
 @pytest.fixture
-def tiny_cfg(synthetic_root, tmp_path):
+def tiny_cfg(tiny_config):
     """configs/quickstart.yaml shrunk to a few 128-px images and 4 iterations."""
-    return setup_cfg(os.path.join(CONFIGS, "quickstart.yaml"),
-                     tiny_opts(synthetic_root, tmp_path / "out"))
+    return tiny_config("quickstart.yaml")
 
 
-def run_tool(*args, timeout=600):
-    """Run a tools/ script as a user would; returns the CompletedProcess (text output)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+@pytest.fixture
+def load_tool():
+    """helpers.load_tool: ``load_tool(name)`` is the module behind tools/<name>.py."""
+    return helpers.load_tool
+
+
+@pytest.fixture(scope="session")
+def sam3_dir(tmp_path_factory):
+    """A random tiny SAM 3 and its tokenizer, saved once per session as a user's
+    save_pretrained directory (read only: tests must not write into it)."""
+    return helpers.save_tiny_sam3(tmp_path_factory.mktemp("sam3") / "tiny")

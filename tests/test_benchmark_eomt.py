@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from d2ext.cli import benchmark as bench
+from d2ext.errors import UserError
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 
 
 def test_benchmark_smoke(tmp_path, capsys):
@@ -112,5 +113,5 @@ def test_benchmark_times_an_onnx_export_next_to_eager(tmp_path, capsys):
     # Its idle threads must not spin on the cores the eager rows are timed on.
     options = sessions[0].get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    with pytest.raises(SystemExit, match="no export.json there"):
+    with pytest.raises(UserError, match="no export.json there"):
         bench.load_export(argparse.Namespace(exported=str(tmp_path), size=48), cfg, eager)

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 # Mask2Former's registrations in detectron2's shared registries (facebookresearch/Mask2Former).
 MASK2FORMER_NAMES = {

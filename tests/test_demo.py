@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog
 
-from conftest import run_tool, tiny_opts
+from helpers import run_tool, tiny_opts
 
 
 @pytest.fixture
@@ -99,13 +99,22 @@ def test_demo_without_a_config_uses_the_quickstart_and_says_when_untrained(tmp_p
                                                                            monkeypatch):
     from d2ext.cli import demo
 
-    monkeypatch.chdir(tmp_path)  # run from another directory: the default still resolves
+    def trained(root):
+        (root / "output" / "quickstart").mkdir(parents=True)
+        (root / "output" / "quickstart" / "model_final.pth").write_bytes(b"")
+        return ["MODEL.WEIGHTS", str(root / "output" / "quickstart" / "model_final.pth")]
+
+    work, repo = tmp_path / "work", tmp_path / "repo"
+    work.mkdir()
+    repo.mkdir()
+    monkeypatch.chdir(work)  # run from another directory: the default still resolves
+    monkeypatch.setattr(demo, "_REPO", str(repo))  # a repository without a trained quickstart
     assert os.path.isfile(demo.QUICKSTART_CONFIG)
-    assert demo.quickstart_weights() == [] or os.path.isfile(demo.quickstart_weights()[1])
-    (tmp_path / "output" / "quickstart").mkdir(parents=True)
-    (tmp_path / "output" / "quickstart" / "model_final.pth").write_bytes(b"")
-    assert demo.quickstart_weights() == [
-        "MODEL.WEIGHTS", str(tmp_path / "output" / "quickstart" / "model_final.pth")]
+    assert demo.quickstart_weights() == []  # untrained: neither here nor in the repository
+    in_repo = trained(repo)
+    assert demo.quickstart_weights() == in_repo  # the repository's, from another directory
+    here = trained(work)
+    assert demo.quickstart_weights() == here  # the working directory's comes first
 
 
 def test_an_unmatched_glob_is_kept_to_be_reported(tmp_path):
@@ -117,12 +126,11 @@ def test_an_unmatched_glob_is_kept_to_be_reported(tmp_path):
 
 
 def test_curation_switches_after_the_overrides_are_taken_back():
-    from d2ext.cli import curate_fiftyone
+    from d2ext.cli import curate_fiftyone, parse_args
 
     parser = curate_fiftyone.argument_parser()
-    args = curate_fiftyone._flags_after_opts(parser.parse_args(
-        ["predict", "--dataset", "d", "--config-file", "c.yaml", "MODEL.WEIGHTS", "w.pth",
-         "--no-app"]), parser)
+    args = parse_args(parser, ["predict", "--dataset", "d", "--config-file", "c.yaml",
+                               "MODEL.WEIGHTS", "w.pth", "--no-app"])
     assert args.no_app is True and args.opts == ["MODEL.WEIGHTS", "w.pth"]
 
 

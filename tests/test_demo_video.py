@@ -1,10 +1,8 @@
 """tools/demo.py on videos: every frame in order into a video of the input's fps and size; a
 truncated file ends cleanly with the frames decoded so far written."""
-import os
+from helpers import config_file, load_tool, video_info, write_video
 
-from sem_seg_utils import REPO, load_tool, video_info, write_video
-
-CONFIG = os.path.join(REPO, "configs", "quickstart_semseg.yaml")
+CONFIG = config_file("quickstart_semseg.yaml")
 
 
 def run_demo(tmp_path, video, output):

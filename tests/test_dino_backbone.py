@@ -3,7 +3,8 @@ import torch
 from detectron2.modeling import build_backbone
 from detectron2.structures import ImageList
 
-from d2ext.modeling.backbone import DINO_ARCHS, DinoViTBackbone
+from d2ext.modeling.backbone import DinoViTBackbone
+from d2ext.modeling.backbone.archs import DINO_ARCHS
 from d2ext.modeling.backbone.dino_vit import build_hf_vit
 from d2ext.solver import dino_lr_factor_func
 

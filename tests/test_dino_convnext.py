@@ -11,7 +11,7 @@ from d2ext.engine import Trainer, setup_cfg
 from d2ext.modeling.backbone import DinoConvNextBackbone, DinoWeightsError
 from d2ext.solver import dino_lr_factor_func
 
-from conftest import CONFIGS, tiny_opts
+from helpers import CONFIGS, tiny_opts
 
 ARCH = "dinov3_convnext_test"
 
@@ -71,7 +71,8 @@ def test_transformers_and_meta_checkpoints_give_the_same_features(tmp_path):
 
 
 def test_a_meta_convnext_of_another_size_names_the_one_it_is(tmp_path):
-    from d2ext.modeling.backbone.dino_convnext import build_hf_convnext, DINO_CONVNEXT_ARCHS
+    from d2ext.modeling.backbone.archs import DINO_CONVNEXT_ARCHS
+    from d2ext.modeling.backbone.dino_convnext import build_hf_convnext
 
     tiny = build_hf_convnext(DINO_CONVNEXT_ARCHS["dinov3_convnext_tiny"])
     torch.save(write_meta_convnext(tiny), tmp_path / "tiny.pth")
@@ -82,6 +83,18 @@ def test_a_meta_convnext_of_another_size_names_the_one_it_is(tmp_path):
     assert message.endswith("architecture of the weights: dinov3_convnext_tiny.")
     with pytest.raises(ValueError, match="MODEL.DINO.ARCH: 'dinov3_vits16' is not a ConvNeXt"):
         DinoConvNextBackbone("dinov3_vits16")
+
+
+def test_freeze_blocks_counts_stages():
+    def frozen_stages(backbone):
+        return [not any(p.requires_grad for p in stage.parameters())
+                for stage in backbone.convnext.model.stages]
+
+    assert frozen_stages(DinoConvNextBackbone(ARCH)) == [False] * 4
+    assert frozen_stages(DinoConvNextBackbone(ARCH, freeze_blocks=2)) == [True, True, False, False]
+    everything = DinoConvNextBackbone(ARCH, freeze_blocks=-1)
+    assert frozen_stages(everything) == [True] * 4
+    assert all(p.requires_grad for p in everything.convnext.layer_norm.parameters())
 
 
 def _read_losses(output_dir):

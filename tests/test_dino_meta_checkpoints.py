@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from d2ext.modeling.backbone import DinoViTBackbone, DinoWeightsError
-from d2ext.modeling.backbone.dino_vit import DINO_ARCHS, DinoArch
+from d2ext.modeling.backbone.archs import DINO_ARCHS, DinoArch
 
 # Tiny versions of the layouts that only big published models have.
 TINY = {

@@ -5,7 +5,7 @@ import torch
 
 from d2ext.modeling.backbone import DinoViTBackbone, DinoWeightsError
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 
 
 @pytest.fixture(scope="module")

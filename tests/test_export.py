@@ -14,11 +14,16 @@ from PIL import Image
 
 from d2ext.engine import load_predictor, setup_cfg
 from d2ext.export import ExportedModel, ExportedPredictor, ExportError, export_model
-from d2ext.export.exporter import (build_graph, check_exportable, difference_from_eager,
-                                   example_inputs, fixed_size_reason, size_multiple)
+from d2ext.export.exporter import (
+    build_graph,
+    check_exportable,
+    difference_from_eager,
+    example_inputs,
+    fixed_size_reason,
+    size_multiple,
+)
 
-from conftest import CONFIGS, REPO, run_tool
-
+from helpers import CONFIGS, REPO, run_tool
 
 # Mask-classification configs output sem_seg too, so both post-processings are compared.
 BOTH_OUTPUTS = ["MODEL.MASK_FORMER.TEST.SEMANTIC_ON", "True"]
@@ -37,14 +42,13 @@ CONVNEXT_MASK_RCNN = ["MODEL.DINO.ARCH", "dinov3_convnext_test", "MODEL.DINO.WEI
 # decoder): every operator, a smaller graph to export.
 ONE_LAYER_EACH = ["MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.MASK_FORMER.DEC_LAYERS",
                   "2"]
-CASES = [  # config, format, overrides; slow: over ~10 s (ONNX conversions, two exports)
+CASES = [  # config, format, overrides
     pytest.param("quickstart_eomt", "torch_export", [], id="eomt-torch_export"),
     pytest.param("quickstart_eomt", "onnx", [], id="eomt-onnx"),
     pytest.param("quickstart_eomt", "torch_export", DINOV2, id="eomt-dinov2-torch_export"),
     pytest.param("quickstart_mask2former", "torch_export", ONE_LAYER_EACH,
                  id="mask2former-torch_export"),
-    pytest.param("quickstart_mask2former", "onnx", ONE_LAYER_EACH, id="mask2former-onnx",
-                 marks=pytest.mark.slow),
+    pytest.param("quickstart_mask2former", "onnx", ONE_LAYER_EACH, id="mask2former-onnx"),
     pytest.param("quickstart_semseg", "torch_export", [], id="semseg-torch_export"),
     pytest.param("quickstart_semseg", "onnx", [], id="semseg-onnx"),
     pytest.param("quickstart", "onnx", VARYING_DETECTIONS, id="maskrcnn-onnx"),
@@ -121,7 +125,6 @@ def test_export_equals_eager_at_two_sizes(config, fmt, opts, tmp_path):
             assert_same_outputs(eager, exported(inputs)[0])
 
 
-@pytest.mark.slow
 def test_eomt_at_vit_s_shape_in_onnx_runtime_equals_eager(tmp_path):
     """The deployment case: EoMT on DINOv3 ViT-S/16 (200 queries, 80 classes), trained state,
     one dynamic ONNX export checked at 640 x 640 and 480 x 640."""
@@ -207,6 +210,7 @@ def test_what_cannot_export_is_refused_with_the_reason():
     assert "--opset 20 or lower" in refusal("quickstart", "onnx", False, opset=23)
 
 
+@pytest.mark.slow
 def test_tool_refuses_the_sam_prompt_config_in_one_line(tmp_path):
     result = run_tool("tools/export_model.py", "--config-file", "configs/sam_tiny.yaml",
                       "--format", "onnx", "--output", str(tmp_path / "out"))
@@ -214,16 +218,16 @@ def test_tool_refuses_the_sam_prompt_config_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "export_model: MODEL.META_ARCHITECTURE='DinoSamPrompt' cannot be exported (its prompts "
-        "are chosen per image in Python loops); exportable: EoMT, DinoMask2Former, "
-        "DinoSemanticSegmentor, GeneralizedRCNN."]
+        "are chosen per image in Python loops); exportable: DinoMask2Former, "
+        "DinoSemanticSegmentor, EoMT, GeneralizedRCNN."]
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
 def test_tool_export_runs_with_the_readme_code_without_detectron2(tmp_path):
-    """tools/export_model.py writes a checked ONNX file; README's onnxruntime + numpy code runs
-    it with neither detectron2 nor d2ext importable, preparing the input d2ext's runtime
-    prepares and getting its outputs."""
+    """tools/export_model.py writes a checked ONNX file; docs/deployment.md's onnxruntime +
+    numpy code runs it with neither detectron2 nor d2ext importable, preparing the input d2ext's
+    runtime prepares and getting its outputs."""
     export_dir = tmp_path / "exported"
     result = run_tool("tools/export_model.py", "--config-file", "configs/quickstart_eomt.yaml",
                       "--format", "onnx", "--output", str(export_dir))
@@ -232,8 +236,8 @@ def test_tool_export_runs_with_the_readme_code_without_detectron2(tmp_path):
     spec = json.loads((export_dir / "export.json").read_text())
     assert spec["size"] is None and spec["onnx_opset"] >= 16  # GridSample
 
-    readme = open(f"{REPO}/README.md").read()
-    section = readme[readme.index("## Deployment"):]
+    readme = open(f"{REPO}/docs/deployment.md").read()
+    section = readme[readme.index("# Deployment"):]
     start = section.index("```python\n") + len("```python\n")
     snippet = section[start:section.index("```", start)]
     photo = tmp_path / "photo.png"
@@ -252,3 +256,140 @@ def test_tool_export_runs_with_the_readme_code_without_detectron2(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "x.npy"), x.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "pred_logits.npy"),
                                predictor.model.run(x)[0].numpy(), atol=1e-4)
+
+
+def test_tool_refuses_a_folder_with_files_unless_overwrite(tmp_path, capsys):
+    """A user's files in --output stop the export before the model is built, untouched;
+    --overwrite writes the export there and leaves the files it does not write."""
+    from d2ext.cli import export_model as tool
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("my notes\n")
+    (out / "photo.jpg").write_bytes(b"jpeg")
+    argv = ["--config-file", f"{CONFIGS}/quickstart_semseg.yaml", "--format", "torch_export",
+            "--output", str(out), "MODEL.DEVICE", "cpu"]
+    assert tool.main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"export_model: --output {out} is not empty (config.yaml, photo.jpg); choose a new or "
+        "empty folder, or pass --overwrite to replace the export's files in it"]
+    assert (out / "config.yaml").read_text() == "my notes\n"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "photo.jpg"]
+    (tmp_path / "file").write_text("")
+    assert tool.main([*argv[:5], str(tmp_path / "file"), *argv[6:]]) == 1
+    assert "is a file" in capsys.readouterr().err
+
+    assert tool.main(argv + ["--overwrite"]) == 0  # typed after the overrides, as users do
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "export.json", "model.pt2",
+                                                     "photo.jpg"]
+    assert (out / "photo.jpg").read_bytes() == b"jpeg"
+    assert "my notes" not in (out / "config.yaml").read_text()
+    assert ExportedModel(str(out)).spec["format"] == "torch_export"
+
+
+# -- Odd and thin photos: an export pads and post-processes them as the eager model does -------
+
+# An odd size (resized to 165 x 256, padded to 176 x 256) and thin ones whose short side the
+# test-time resize leaves under one padding multiple (3 x 256 and 256 x 3).
+ODD_AND_THIN_PHOTOS = [(333, 517), (20, 1500), (1500, 20)]
+
+
+@pytest.fixture(scope="module")
+def eomt_onnx(tmp_path_factory):
+    """(cfg, eager DefaultPredictor, export folder, ExportedPredictor) of the perturbed
+    quickstart EoMT and a dynamic ONNX export of it."""
+    cfg, model = perturbed_model("quickstart_eomt")
+    predictor = load_predictor(cfg)
+    predictor.model = model
+    export_dir = tmp_path_factory.mktemp("eomt_onnx")
+    export_model(model, cfg, str(export_dir), "onnx")
+    return cfg, predictor, export_dir, ExportedPredictor(str(export_dir))
+
+
+def random_photo(size):
+    return np.random.default_rng(0).integers(0, 256, (*size, 3), np.uint8)
+
+
+def assert_same_instances(eager, scores, classes, masks):
+    """Eager ``Instances`` and another's (scores, classes, masks), paired by descending score
+    (top-k's order is unspecified): the same count and classes, scores within 1e-4, masks equal
+    on 99.9% of pixels. Returns each pair's mask IoU."""
+    def by_score(s, c, m):
+        s, c, m = torch.as_tensor(s).float(), torch.as_tensor(c).long(), torch.as_tensor(m)
+        order = torch.argsort(s, descending=True, stable=True)
+        return s[order], c[order], m[order].bool()
+
+    (s1, c1, m1), (s2, c2, m2) = by_score(eager.scores, eager.pred_classes, eager.pred_masks), \
+        by_score(scores, classes, masks)
+    assert len(s1) == len(s2) > 0 and m1.shape == m2.shape
+    assert torch.equal(c1, c2)
+    assert (s1 - s2).abs().max() <= 1e-4
+    assert (m1 == m2).float().mean() >= 0.999
+    inter, union = (m1 & m2).flatten(1).sum(1), (m1 | m2).flatten(1).sum(1)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter).float())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("photo_size", ODD_AND_THIN_PHOTOS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_exported_predictor_equals_eager_at_odd_and_thin_sizes(eomt_onnx, photo_size):
+    """ExportedPredictor on a dynamic ONNX export gives eager's instances: a thin image is
+    padded to one multiple as eager pads it (two would add zero patches the ViT attends to),
+    and an odd size is post-processed by eager's own functions."""
+    cfg, predictor, _, exported = eomt_onnx
+    assert exported.model.spec["min_side"] == 16  # the ONNX graph passed the one-multiple check
+    photo = random_photo(photo_size)
+    with torch.no_grad():
+        eager = predictor(photo)["instances"]
+    got = exported(photo)["instances"]
+    assert got.image_size == eager.image_size == photo_size
+    assert_same_instances(eager, got.scores, got.pred_classes, got.pred_masks)
+
+
+def test_torch_export_program_pads_a_thin_image_to_two_multiples(tmp_path):
+    """torch.export refuses a side of one multiple (``exporter.dynamic_shapes``): the spec says
+    so and ExportedModel pads a thin image to two, the deviation its docstring states; an
+    export.json without min_side (written before it existed) pads so too."""
+    cfg, model = perturbed_model("quickstart_eomt")
+    spec = export_model(model, cfg, str(tmp_path), "torch_export")
+    assert spec["min_side"] == 32
+    exported = ExportedModel(str(tmp_path))
+    assert exported.padded_size((3, 256)) == (32, 256)
+    assert exported.padded_size((165, 256)) == (176, 256)  # eager's padding where it fits
+    with pytest.raises((AssertionError, RuntimeError, ValueError)):
+        exported.run(torch.zeros(1, 3, 16, 256))
+    del exported.spec["min_side"]
+    assert exported.padded_size((256, 3)) == (256, 32)
+
+
+@pytest.mark.slow
+def test_readme_onnxruntime_code_gives_the_eager_instances(eomt_onnx, tmp_path):
+    """docs/deployment.md's onnxruntime + numpy code, with neither detectron2 nor d2ext
+    importable, gives the eager model's instances at an odd and at thin sizes: the same padding,
+    and masks resized once from the padded grid to the photo as d2ext's post-processing does."""
+    cfg, predictor, export_dir, _ = eomt_onnx
+    readme = open(f"{REPO}/docs/deployment.md").read()
+    section = readme[readme.index("# Deployment"):]
+    start = section.index("```python\n") + len("```python\n")
+    snippet = section[start:section.index("```", start)]
+    assert '"photo.jpg"' in snippet and "topk = 100" in snippet
+    snippet = snippet.replace("exported/eomt_s", str(export_dir)).replace(
+        '"photo.jpg"', "path").replace("topk = 100", f"topk = {cfg.TEST.DETECTIONS_PER_IMAGE}")
+    paths = []
+    for i, size in enumerate(ODD_AND_THIN_PHOTOS):
+        paths.append(str(tmp_path / f"photo{i}.png"))
+        Image.fromarray(random_photo(size)).save(paths[-1])
+    body = snippet + ("np.savez(f'out{i}.npz', masks=np.array(masks), scores=np.array(scores), "
+                      "classes=classes)\n")
+    code = ("import sys\nsys.modules['detectron2'] = sys.modules['d2ext'] = None\n"
+            f"for i, path in enumerate({paths!r}):\n"
+            + "".join(f"    {line}\n" if line else "\n" for line in body.splitlines()))
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for i, path in enumerate(paths):
+        rgb = np.asarray(Image.open(path))
+        with torch.no_grad():
+            eager = predictor(rgb[:, :, ::-1])["instances"]
+        out = np.load(tmp_path / f"out{i}.npz")
+        iou = assert_same_instances(eager, out["scores"], out["classes"], out["masks"])
+        assert iou.min() >= 0.99, (ODD_AND_THIN_PHOTOS[i], iou)

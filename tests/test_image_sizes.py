@@ -9,7 +9,7 @@ from detectron2.data import transforms as T
 from d2ext.data.dataset_mappers import MaskFormerInstanceDatasetMapper
 from d2ext.engine import load_predictor, setup_cfg
 
-from conftest import CONFIGS
+from helpers import CONFIGS, sam3_opts
 
 SIZES = [(1, 1), (1, 4000), (4000, 1), (17, 23), (20, 1500), (3000, 4000)]
 
@@ -46,16 +46,11 @@ def awkward_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_sam3_opts(tmp_path_factory):
+def tiny_sam3_opts(sam3_dir):
     """Overrides that run configs/sam3_text.yaml on a tiny random SAM 3."""
-    from text_prompt_utils import save_tiny_sam3
-
-    path = save_tiny_sam3(tmp_path_factory.mktemp("sam3") / "tiny")
-    return ["MODEL.TEXT_PROMPT.WEIGHTS", path, "MODEL.TEXT_PROMPT.IMAGE_SIZE", "112",
-            "MODEL.TEXT_PROMPT.SCORE_THRESHOLD", "0.0"]
+    return [*sam3_opts(sam3_dir), "MODEL.TEXT_PROMPT.SCORE_THRESHOLD", "0.0"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("config", ["quickstart.yaml", "quickstart_mask2former.yaml",
                                     "quickstart_eomt.yaml", "quickstart_semseg.yaml",
                                     "sam_tiny.yaml", "sam3_text.yaml"])

@@ -6,15 +6,14 @@ import torch
 from detectron2.layers import ShapeSpec
 from transformers import Mask2FormerConfig
 from transformers.models.mask2former import modeling_mask2former as hf
-from transformers.models.mask2former.image_processing_mask2former import (
-    Mask2FormerImageProcessor)
+from transformers.models.mask2former.image_processing_mask2former import Mask2FormerImageProcessor
 
 from d2ext.modeling.converters import convert_hf_mask2former
 from d2ext.modeling.criterion import SetCriterion
 from d2ext.modeling.matcher import HungarianMatcher
-from d2ext.modeling.postprocessing import MaskFormerInference
 from d2ext.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 from d2ext.modeling.position_encoding import sine_position_embedding
+from d2ext.modeling.postprocessing import MaskFormerInference
 from d2ext.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
 
 WIDTH, HEADS, CLASSES, QUERIES = 64, 4, 5, 12

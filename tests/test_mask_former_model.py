@@ -14,12 +14,16 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image
 
-from d2ext.data.dataset_mappers import (MaskFormerInstanceDatasetMapper,
-                                        MaskFormerSemanticDatasetMapper)
+from d2ext.data.dataset_mappers import (
+    MaskFormerInstanceDatasetMapper,
+    MaskFormerSemanticDatasetMapper,
+)
 from d2ext.engine import Trainer, setup_cfg
 
-from conftest import CONFIGS, tiny_opts
+from helpers import CONFIGS
 
+M2F = "quickstart_mask2former.yaml"
+# After helpers.tiny_opts: a CPU model of few queries and points at 128 px.
 TINY = ["MODEL.DEVICE", "cpu", "INPUT.IMAGE_SIZE", "128", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
         "256", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8"]
 
@@ -34,19 +38,14 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_cfg(synthetic_root, tmp_path, config="quickstart_mask2former.yaml", extra=()):
-    return setup_cfg(os.path.join(CONFIGS, config),
-                     tiny_opts(synthetic_root, tmp_path, max_iter=2) + TINY + list(extra))
-
-
 @pytest.mark.parametrize("config, arch", [
     ("dinov3_mask2former.yaml", "dinov3_tiny16"), ("dinov2_mask2former.yaml", "dinov2_tiny14"),
     ("dinov3_mask2former_frozen.yaml", "dinov3_tiny16")])
-def test_user_configs_build_and_run_at_non_square_sizes(synthetic_root, tmp_path, config, arch):
+def test_user_configs_build_and_run_at_non_square_sizes(tiny_config, tmp_path, config, arch):
     # The real configs with a tiny random ViT of the same family (no weights download here).
-    cfg = tiny_cfg(synthetic_root, tmp_path, config, [
-        "MODEL.DINO.ARCH", arch, "MODEL.DINO.WEIGHTS", "", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4",
-        "MODEL.MASK_FORMER.TEST.SEMANTIC_ON", "True"])
+    cfg = tiny_config(config, *TINY, "MODEL.DINO.ARCH", arch, "MODEL.DINO.WEIGHTS", "",
+                      "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4", "MODEL.MASK_FORMER.TEST.SEMANTIC_ON",
+                      "True", max_iter=2, output_dir=tmp_path)
     model = build_model(cfg).eval()
     if cfg.MODEL.DINO.FREEZE_BLOCKS == -1:
         assert not any(p.requires_grad for p in model.backbone.net.parameters())
@@ -63,8 +62,8 @@ def test_user_configs_build_and_run_at_non_square_sizes(synthetic_root, tmp_path
 
 
 @pytest.mark.slow
-def test_short_training_lowers_the_loss_and_checkpoint_round_trips(synthetic_root, tmp_path):
-    cfg = tiny_cfg(synthetic_root, tmp_path)
+def test_short_training_lowers_the_loss_and_checkpoint_round_trips(tiny_config, tmp_path):
+    cfg = tiny_config(M2F, *TINY, max_iter=2, output_dir=tmp_path)
     torch.manual_seed(0)
     model = build_model(cfg)
     mapper = MaskFormerInstanceDatasetMapper(cfg, is_train=True)
@@ -93,8 +92,8 @@ def test_short_training_lowers_the_loss_and_checkpoint_round_trips(synthetic_roo
 
 
 @pytest.mark.slow
-def test_trainer_runs_the_mask2former_config(synthetic_root, tmp_path):
-    trainer = Trainer(tiny_cfg(synthetic_root, tmp_path))
+def test_trainer_runs_the_mask2former_config(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(M2F, *TINY, max_iter=2, output_dir=tmp_path))
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert os.path.isfile(tmp_path / "model_final.pth")
@@ -130,9 +129,9 @@ def test_instance_mapper_drops_crowd_empty_and_degenerate_annotations(tmp_path):
     assert len(empty) == 0 and empty.gt_masks.tensor.shape == (0, 64, 80)
 
 
-def test_lsj_mapper_crops_without_square_padding(synthetic_root, tmp_path):
-    cfg = tiny_cfg(synthetic_root, tmp_path, extra=["INPUT.MIN_SCALE", "0.3",
-                                                    "INPUT.MAX_SCALE", "0.3"])
+def test_lsj_mapper_crops_without_square_padding(tiny_config, tmp_path):
+    cfg = tiny_config(M2F, *TINY, "INPUT.MIN_SCALE", "0.3", "INPUT.MAX_SCALE", "0.3",
+                      max_iter=2, output_dir=tmp_path)
     record = DatasetCatalog.get("d2ext_synthetic_train")[0]
     out = MaskFormerInstanceDatasetMapper(cfg, is_train=True)(record)
     h, w = out["image"].shape[1:]

@@ -26,7 +26,8 @@ def test_core_equals_explicit_bilinear_sampling():
     n, m, d, lq, p = 2, 2, 3, 5, 3
     value = torch.randn(n, sum(h * w for h, w in shapes), m, d, generator=g, dtype=torch.float64)
     # Include locations outside [0, 1] to check the zero padding.
-    locations = torch.rand(n, lq, m, len(shapes), p, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    locations = (torch.rand(n, lq, m, len(shapes), p, 2, generator=g, dtype=torch.float64) * 1.4
+                 - 0.2)
     weights = torch.rand(n, lq, m, len(shapes), p, generator=g, dtype=torch.float64)
     out = ms_deform_attn_core(value, shapes, locations, weights)
     expected = torch.zeros(n, lq, m, d, dtype=torch.float64)

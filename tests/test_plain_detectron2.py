@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from d2ext import add_d2ext_config
 from d2ext.data.datasets import register_synthetic_shapes
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 
 # The user configs that build offline with a tiny ViT of their family (no weights download).
 NAMES = map(os.path.basename, glob.glob(os.path.join(CONFIGS, "*.yaml")))

@@ -3,8 +3,6 @@ import json
 
 import matplotlib.image as mpimg
 
-from sem_seg_utils import load_tool
-
 
 def write_metrics(path, with_ap):
     lines = []
@@ -19,7 +17,7 @@ def write_metrics(path, with_ap):
     path.write_text("\n".join(lines) + '\n{"iteration": 200, "total_l')  # killed mid-write
 
 
-def test_plots_every_series_present(tmp_path):
+def test_plots_every_series_present(tmp_path, load_tool):
     write_metrics(tmp_path / "metrics.json", with_ap=True)
     assert load_tool("plot_metrics").main([str(tmp_path)]) == 0
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
@@ -29,7 +27,7 @@ def test_plots_every_series_present(tmp_path):
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
 
 
-def test_absent_series_are_skipped_and_missing_file_reported(tmp_path, capsys):
+def test_absent_series_are_skipped_and_missing_file_reported(tmp_path, capsys, load_tool):
     write_metrics(tmp_path / "metrics.json", with_ap=False)
     plot_metrics = load_tool("plot_metrics")
     assert plot_metrics.main([str(tmp_path), "--plot-dir", str(tmp_path / "p")]) == 0

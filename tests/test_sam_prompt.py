@@ -1,5 +1,4 @@
 """The SAM-prompt meta-architecture (DinoSamPrompt) on tiny random DINO + SAM models."""
-import importlib
 import os
 
 import pytest
@@ -9,37 +8,43 @@ from detectron2.modeling import build_model
 
 from d2ext.engine import setup_cfg
 from d2ext.modeling.mask_ops import mask_nms
-from d2ext.modeling.sam_prompt import (PrototypeError, SamCheckpointError, build_sam_model,
-                                       decode_prompts)
+from d2ext.modeling.sam_prompt import (
+    PrototypeError,
+    SamCheckpointError,
+    build_sam_model,
+    decode_prompts,
+)
 from d2ext.modeling.sam_prompt.prompts import Prompts, prototype_prompts
 from d2ext.modeling.sam_prompt.prototypes import collect_references
 
-from conftest import CONFIGS
-from sam_prompt_utils import (SIZE, as_input, tiny_model, tiny_modules, two_texture_scene,
-                              write_reference)
+from helpers import (
+    CONFIGS,
+    SCENE_SIZE,
+    as_input,
+    is_score,
+    tiny_dino_sam,
+    tiny_sam_prompt_model,
+    two_texture_scene,
+    write_sam_references,
+)
 
 
 @pytest.fixture(scope="module")
 def modules():
-    return tiny_modules()
+    return tiny_dino_sam()
 
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
-    return write_reference(tmp_path_factory.mktemp("references"))
-
-
-def load_tool(name):
-    """The package module behind tools/<name>.py (d2ext.cli.<name>)."""
-    return importlib.import_module(f"d2ext.cli.{name}")
+    return write_sam_references(tmp_path_factory.mktemp("references"))
 
 
 @pytest.mark.parametrize("method", ["clustering", "attention", "prototypes", "grid"])
 def test_each_method_returns_consistent_instances_with_sorted_scores(modules, references,
                                                                      method):
-    model = tiny_model(*modules, method=method, num_segments=6, points_per_side=4,
-                       references=references, class_names=["warm", "cool"], min_similarity=-1,
-                       dedup_iou=1.0, score_threshold=-1.0)
+    model = tiny_sam_prompt_model(*modules, method=method, num_segments=6, points_per_side=4,
+                                  references=references, class_names=["warm", "cool"],
+                                  min_similarity=-1, dedup_iou=1.0, score_threshold=-1.0)
     scene, _ = two_texture_scene(vertical=True)
     record = as_input(scene)
     record.update(height=96, width=80)  # outputs come at the requested size
@@ -63,12 +68,12 @@ def test_each_method_returns_consistent_instances_with_sorted_scores(modules, re
             assert ((prompts.boxes[:, :2] <= xy) & (xy <= prompts.boxes[:, 2:])).all()
         else:
             assert len(prompts) == {"attention": 6, "grid": 16}[method]
-        assert (prompts.points >= 0).all() and (prompts.points[..., 0] < SIZE).all()
+        assert (prompts.points >= 0).all() and (prompts.points[..., 0] < SCENE_SIZE).all()
 
 
 def test_prototypes_from_one_reference_label_two_textures(modules, references):
-    model = tiny_model(*modules, method="prototypes", references=references,
-                       class_names=["warm", "cool"], min_similarity=-1)
+    model = tiny_sam_prompt_model(*modules, method="prototypes", references=references,
+                                  class_names=["warm", "cool"], min_similarity=-1)
     prototypes = model.compute_prototypes()
     assert prototypes.shape[0] == 2 and model.prototype_classes.tolist() == [0, 1]
     scene, warm = two_texture_scene(vertical=True)  # the reference is split top / bottom
@@ -92,7 +97,7 @@ def test_dedup_removes_injected_duplicate(modules):
     keep = mask_nms(masks, torch.tensor([0.9, 0.5, 0.7, 0.8]), iou_threshold=0.7)
     assert keep.tolist() == [0, 2, 1]
 
-    model = tiny_model(*modules, method="grid", points_per_side=3, score_threshold=-1.0)
+    model = tiny_sam_prompt_model(*modules, method="grid", points_per_side=3, score_threshold=-1.0)
     record = as_input(two_texture_scene(vertical=True)[0])
     single = model([record])[0]["instances"]
     grid = model.make_prompts(record["image"])[0]
@@ -107,10 +112,10 @@ def test_dedup_removes_injected_duplicate(modules):
 def test_batched_decoding_equals_one_prompt_at_a_time(modules):
     _, sam = modules
     torch.manual_seed(1)
-    embedding = sam.image_encoder(torch.randn(1, 3, SIZE, SIZE))
-    points = torch.rand(7, 2, 2) * SIZE
+    embedding = sam.image_encoder(torch.randn(1, 3, SCENE_SIZE, SCENE_SIZE))
+    points = torch.rand(7, 2, 2) * SCENE_SIZE
     labels = torch.tensor([[1.0, 0.0]]).repeat(7, 1)
-    boxes = torch.sort(torch.rand(7, 2, 2) * SIZE, dim=1).values.reshape(7, 4)
+    boxes = torch.sort(torch.rand(7, 2, 2) * SCENE_SIZE, dim=1).values.reshape(7, 4)
     for box in (None, boxes):
         batched = decode_prompts(sam, embedding, points, labels, box, batch_size=64)
         single = decode_prompts(sam, embedding, points, labels, box, batch_size=1)
@@ -124,7 +129,7 @@ def test_batched_decoding_equals_one_prompt_at_a_time(modules):
             assert torch.equal(result[0] > 0, reference[0] > 0)
         # Only the grid cells over a (h, w) image inside SAM's square: the same logits there.
         g = embedding.shape[-1]
-        h, w = SIZE // 2 + 1, SIZE  # rows: one more pixel than half the square
+        h, w = SCENE_SIZE // 2 + 1, SCENE_SIZE  # rows: one more pixel than half the square
         cropped = decode_prompts(sam, embedding, points, labels, box, image_size=(h, w))
         rows = 4 * (g // 2 + 1)
         assert cropped[0].shape == (7, rows, 4 * g)
@@ -133,13 +138,14 @@ def test_batched_decoding_equals_one_prompt_at_a_time(modules):
 
 
 def test_no_surviving_prompt_gives_empty_instances(modules, references):
-    model = tiny_model(*modules, method="prototypes", references=references,
-                       class_names=["warm", "cool"], min_similarity=1.5)  # nothing that similar
+    model = tiny_sam_prompt_model(*modules, method="prototypes", references=references,
+                                  class_names=["warm", "cool"],
+                                  min_similarity=1.5)  # nothing that similar
     instances = model([dict(as_input(two_texture_scene(True)[0]), height=50, width=60)])[0][
         "instances"]
     assert len(instances) == 0 and instances.image_size == (50, 60)
     assert instances.pred_masks.shape == (0, 50, 60)
-    model = tiny_model(*modules, method="grid", points_per_side=2, score_threshold=2.0)
+    model = tiny_sam_prompt_model(*modules, method="grid", points_per_side=2, score_threshold=2.0)
     assert len(model([as_input(two_texture_scene(True)[0])])[0]["instances"]) == 0
 
 
@@ -183,8 +189,7 @@ def test_prototype_dataset_without_masks_or_class_names_the_class():
         collect_references("sam_test_lacks_cat", 2, class_names=["horse"])
 
 
-@pytest.mark.slow
-def test_eval_only_with_coco_evaluator_returns_ap(synthetic_root, tmp_path):
+def test_eval_only_with_coco_evaluator_returns_ap(synthetic_root, tmp_path, load_tool):
     train_net = load_tool("train_net")
     args = train_net.argument_parser().parse_args([
         "--config-file", os.path.join(CONFIGS, "sam_tiny.yaml"), "--eval-only",
@@ -197,10 +202,11 @@ def test_eval_only_with_coco_evaluator_returns_ap(synthetic_root, tmp_path):
         "MODEL.SAM_PROMPT.SCORE_THRESHOLD", "-1.0", "SEED", "1"])
     results = train_net.main(args)  # one test dataset: detectron2 returns its results flat
     assert {"AP", "AP50", "AP75"} <= set(results["segm"]) and "AP" in results["bbox"]
+    assert all(is_score(results["segm"][k]) for k in ("AP", "AP50", "AP75"))
+    assert is_score(results["bbox"]["AP"])
 
 
-@pytest.mark.slow
-def test_demo_maps_method_and_segments_to_the_config(synthetic_root, tmp_path):
+def test_demo_maps_method_and_segments_to_the_config(synthetic_root, tmp_path, load_tool):
     demo = load_tool("demo")
     image = tmp_path / "scene.png"
     from PIL import Image
@@ -224,8 +230,10 @@ def test_demo_maps_method_and_segments_to_the_config(synthetic_root, tmp_path):
 @pytest.mark.parametrize("arch", ["dinov3_tiny16", "dinov2_tiny14_reg"])
 def test_cls_attention_saliency_equals_the_models_attention_weights(arch):
     from d2ext.modeling.backbone import DinoViTBackbone
-    from d2ext.modeling.sam_prompt.prompts import (capture_last_attention_input,
-                                                   cls_attention_saliency)
+    from d2ext.modeling.sam_prompt.prompts import (
+        capture_last_attention_input,
+        cls_attention_saliency,
+    )
 
     torch.manual_seed(0)
     backbone = DinoViTBackbone(arch)

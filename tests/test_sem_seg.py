@@ -12,19 +12,10 @@ from detectron2.modeling import SemanticSegmentor, build_model
 from PIL import Image
 
 from d2ext.data.datasets import DatasetError
-from d2ext.engine import setup_cfg
 from d2ext.modeling import DinoLinearSemSegHead
 from d2ext.modeling.dino_linear_sem_seg_head import upsample_bilinear
-from sem_seg_utils import REPO, load_tool
 
-QUICKSTART = os.path.join(REPO, "configs", "quickstart_semseg.yaml")
-
-
-def tiny_opts(tmp_path):
-    return ["DATASETS.SYNTHETIC.ROOT", str(tmp_path / "data"), "DATASETS.SYNTHETIC.NUM_TRAIN",
-            "16", "DATASETS.SYNTHETIC.NUM_VAL", "4", "DATASETS.SYNTHETIC.IMAGE_SIZE", "64",
-            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
-            "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+from helpers import config_file, is_score, tiny_semseg_config, tiny_semseg_opts
 
 
 def test_head_upsamples_to_input_and_ignores_ignore_value():
@@ -50,7 +41,7 @@ def test_head_upsamples_to_input_and_ignores_ignore_value():
 
 
 def test_semantic_segmentor_pads_and_returns_image_size(tmp_path):
-    cfg = setup_cfg(QUICKSTART, tiny_opts(tmp_path))
+    cfg = tiny_semseg_config(tmp_path / "data")
     assert cfg.MODEL.DINO.FREEZE_BLOCKS == -1 and len(cfg.MODEL.DINO.OUT_BLOCKS) == 4
     model = build_model(cfg).eval()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -73,7 +64,7 @@ def test_bilinear_matrix_equals_interpolate(size_in, size_out):
 def test_dino_semantic_segmentor_equals_semantic_segmentor(tmp_path):
     """The one-pass resampling gives detectron2's SemanticSegmentor output: padding cropped,
     resized to the requested height and width (here neither a multiple of 16 nor the input)."""
-    cfg = setup_cfg(QUICKSTART, tiny_opts(tmp_path))
+    cfg = tiny_semseg_config(tmp_path / "data")
     model = build_model(cfg).eval()
     assert type(model).__name__ == "DinoSemanticSegmentor"
     with torch.no_grad():
@@ -100,8 +91,8 @@ def _write_pairs(root, image_names, mask_names):
 def test_folder_dataset_pairs_images_and_masks(tmp_path):
     images, masks = _write_pairs(tmp_path, ["a.jpg", "b.png"], ["a.png", "b.png"])
     name = f"pairs_{tmp_path.name}"
-    setup_cfg(QUICKSTART, tiny_opts(tmp_path) + ["DATASETS.SEM_SEG_CLASSES", "['bg', 'x', 'y', "
-              "'z', 'w']"], sem_seg_datasets=[(name, images, masks)])
+    tiny_semseg_config(tmp_path / "data", "DATASETS.SEM_SEG_CLASSES",
+                       "['bg', 'x', 'y', 'z', 'w']", sem_seg_datasets=[(name, images, masks)])
     dicts = DatasetCatalog.get(name)
     assert [os.path.basename(d["sem_seg_file_name"]) for d in dicts] == ["a.png", "b.png"]
     meta = MetadataCatalog.get(name)
@@ -113,32 +104,33 @@ def test_wrong_mask_folder_names_the_unpaired_files(tmp_path):
     images, masks = _write_pairs(tmp_path, ["street_01.jpg", "street_02.jpg"],
                                  ["street_01.png", "beach_07.png"])
     name = f"wrong_{tmp_path.name}"
-    setup_cfg(QUICKSTART, tiny_opts(tmp_path), sem_seg_datasets=[(name, images, masks)])
+    tiny_semseg_config(tmp_path / "data", sem_seg_datasets=[(name, images, masks)])
     with pytest.raises(DatasetError) as err:
         DatasetCatalog.get(name)
     assert "street_02.jpg" in str(err.value) and "beach_07.png" in str(err.value)
     assert "street_01" not in str(err.value)
     missing = f"missing_{tmp_path.name}"
-    setup_cfg(QUICKSTART, tiny_opts(tmp_path),
-              sem_seg_datasets=[(missing, images, str(tmp_path / "nope"))])
+    tiny_semseg_config(tmp_path / "data",
+                       sem_seg_datasets=[(missing, images, str(tmp_path / "nope"))])
     with pytest.raises(DatasetError, match="nope"):
         DatasetCatalog.get(missing)
 
 
 def test_class_count_mismatch_is_reported(tmp_path):
     with pytest.raises(DatasetError, match="NUM_CLASSES"):
-        setup_cfg(QUICKSTART, tiny_opts(tmp_path) + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
+        tiny_semseg_config(tmp_path / "data", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3")
 
 
 @pytest.mark.slow
-def test_training_lowers_loss_and_reports_miou(tmp_path):
+def test_training_lowers_loss_and_reports_miou(tmp_path, load_tool):
     """tools/train_net.py on the synthetic semantic dataset: falling loss, SemSegEvaluator's
     mIoU in metrics.json, and the training curves plotted afterwards."""
     train_net = load_tool("train_net")
     out = tmp_path / "out"
     args = train_net.argument_parser().parse_args(
-        ["--config-file", QUICKSTART] + tiny_opts(tmp_path) +
-        ["SOLVER.MAX_ITER", "40", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "0",
+        ["--config-file", config_file("quickstart_semseg.yaml"),
+         *tiny_semseg_opts(tmp_path / "data"),
+         "SOLVER.MAX_ITER", "40", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "0",
          "SOLVER.BASE_LR", "0.01", "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "40",
          "D2EXT.SAVE_DEMO_IMAGE", "False", "OUTPUT_DIR", str(out)])
     train_net.main(args)
@@ -150,7 +142,8 @@ def test_training_lowers_loss_and_reports_miou(tmp_path):
     per_class = [v for k, v in evaluation.items() if k.startswith("sem_seg/IoU-")]
     # SemSegEvaluator's mIoU is the mean over the dataset's 5 classes, and 40 iterations learn
     # at least the dominant background class.
-    assert len(per_class) == 5
+    assert len(per_class) == 5 and all(is_score(v) for v in per_class)
+    assert is_score(evaluation["sem_seg/mIoU"])
     assert evaluation["sem_seg/mIoU"] == pytest.approx(sum(per_class) / 5, abs=1e-3)
     assert evaluation["sem_seg/IoU-background"] > 80
     assert sorted(os.listdir(out / "plots")) == ["losses.png", "miou.png", "pixel_accuracy.png"]
@@ -160,7 +153,7 @@ def test_palette_masks_are_refused_with_the_fix(tmp_path):
     images, masks = _write_pairs(tmp_path, ["a.png"], [])
     Image.fromarray(np.ones((32, 48), np.uint8)).convert("P").save(os.path.join(masks, "a.png"))
     name = f"palette_{tmp_path.name}"
-    setup_cfg(QUICKSTART, tiny_opts(tmp_path), sem_seg_datasets=[(name, images, masks)])
+    tiny_semseg_config(tmp_path / "data", sem_seg_datasets=[(name, images, masks)])
     with pytest.raises(DatasetError, match=r"a\.png has mode 'P'"):
         DatasetCatalog.get(name)
 

@@ -7,10 +7,14 @@ import torch
 from detectron2.modeling import build_model
 
 from d2ext.engine import setup_cfg
-from d2ext.solver import (add_full_model_gradient_clipping, build_lr_scheduler,
-                          build_optimizer, two_stage_warmup_poly)
+from d2ext.solver import (
+    add_full_model_gradient_clipping,
+    build_lr_scheduler,
+    build_optimizer,
+    two_stage_warmup_poly,
+)
 
-from conftest import CONFIGS
+from helpers import CONFIGS, make_cfg
 
 
 def test_full_model_clipping_scales_all_gradients_together():
@@ -34,16 +38,14 @@ def test_two_stage_warmup_poly_matches_eomt_schedule():
     assert head(10000) == 0 and vit(10000) == 0
 
 
-def eomt_cfg(tmp_path, extra=()):
-    return setup_cfg(os.path.join(CONFIGS, "dinov3_eomt.yaml"), [
-        "MODEL.DEVICE", "cpu", "MODEL.DINO.ARCH", "dinov3_tiny16", "MODEL.DINO.WEIGHTS", "",
-        "MODEL.EOMT.NUM_BLOCKS", "2", "MODEL.EOMT.NUM_QUERIES", "4",
-        "MODEL.EOMT.ANNEAL_START_ITERS", "[]", "MODEL.EOMT.ANNEAL_END_ITERS", "[]",
-        "OUTPUT_DIR", str(tmp_path), *extra])
+# configs/dinov3_eomt.yaml on the CPU with a tiny random ViT and two blocks of four queries.
+TINY_EOMT = ["MODEL.DEVICE", "cpu", "MODEL.DINO.ARCH", "dinov3_tiny16", "MODEL.DINO.WEIGHTS", "",
+             "MODEL.EOMT.NUM_BLOCKS", "2", "MODEL.EOMT.NUM_QUERIES", "4",
+             "MODEL.EOMT.ANNEAL_START_ITERS", "[]", "MODEL.EOMT.ANNEAL_END_ITERS", "[]"]
 
 
 def test_eomt_recipe_optimizer_and_schedule(tmp_path):
-    cfg = eomt_cfg(tmp_path)
+    cfg = make_cfg("dinov3_eomt.yaml", *TINY_EOMT, "OUTPUT_DIR", str(tmp_path))
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)

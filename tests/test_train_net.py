@@ -10,7 +10,7 @@ from detectron2.data import MetadataCatalog
 from d2ext.checkpoint import AtomicCheckpointer
 from d2ext.engine import Trainer, setup_cfg
 
-from conftest import CONFIGS, run_tool, tiny_opts
+from helpers import CONFIGS, copypaste_rows, is_score, run_tool, tiny_opts
 
 TINY_MASKRCNN = ["MODEL.DINO.WEIGHTS", "", "MODEL.FPN.OUT_CHANNELS", "64",
                  "MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
@@ -48,7 +48,8 @@ def test_resume_continues_at_saved_iteration_and_best_checkpoint_is_kept(synthet
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert os.path.isfile(tmp_path / "model_best.pth")  # kept by BestCheckpointer (segm/AP)
-    assert any("segm/AP" in m for m in read_metrics(tmp_path))
+    aps = [m["segm/AP"] for m in read_metrics(tmp_path) if "segm/AP" in m]
+    assert aps and all(is_score(ap) for ap in aps)
     first_run = [m["iteration"] for m in read_metrics(tmp_path) if "total_loss" in m]
 
     opts[opts.index("SOLVER.MAX_ITER") + 1] = "6"
@@ -79,6 +80,8 @@ def test_eval_only_on_a_coco_dataset_registered_from_the_command_line(synthetic_
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "copypaste: Task: segm" in log and "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    segm = copypaste_rows(log, "segm")
+    assert all(is_score(segm[k]) for k in ("AP", "AP50", "AP75"))
     assert "No CUDA runtime" not in log  # a known dependency warning, silenced by the tools
     assert os.path.isfile(tmp_path / "inference" / "my_val" / "coco_instances_results.json")
 
@@ -128,6 +131,7 @@ AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=sys.argv[1]).save("model_0000
 """
 
 
+@pytest.mark.slow
 def test_a_save_killed_mid_write_leaves_nothing_once_the_next_save_runs(tmp_path):
     import signal
     import subprocess
@@ -238,11 +242,27 @@ def test_train_net_logs_d2ext_messages(synthetic_root, tmp_path):
 
     from d2ext.cli import train_net
 
-    args = train_net.argument_parser().parse_args(
-        ["--config-file", os.path.join(CONFIGS, "quickstart.yaml"),
-         *tiny_opts(synthetic_root, tmp_path)])
-    train_net.setup(args)
-    assert logging.getLogger("d2ext").handlers  # e.g. where demo.png was written is shown
+    d2ext_logger = logging.getLogger("d2ext")
+    # Whatever earlier tests set up is put aside, and put back afterwards.
+    saved = d2ext_logger.handlers[:], d2ext_logger.level, d2ext_logger.propagate
+    d2ext_logger.handlers.clear()
+    try:
+        args = train_net.argument_parser().parse_args(
+            ["--config-file", os.path.join(CONFIGS, "quickstart.yaml"),
+             *tiny_opts(synthetic_root, tmp_path)])
+        train_net.setup(args)
+        # e.g. where demo.png was written is shown, and kept in OUTPUT_DIR/log.txt
+        logging.getLogger("d2ext.engine").info("a d2ext message for log.txt")
+        for handler in d2ext_logger.handlers:
+            handler.flush()
+        files = [getattr(h.stream, "name", None) for h in d2ext_logger.handlers
+                 if isinstance(h, logging.StreamHandler)]
+    finally:
+        d2ext_logger.handlers[:] = saved[0]
+        d2ext_logger.setLevel(saved[1])
+        d2ext_logger.propagate = saved[2]
+    assert str(tmp_path / "log.txt") in files  # beside the console's handler
+    assert "a d2ext message for log.txt" in (tmp_path / "log.txt").read_text()
 
 
 @pytest.mark.slow
@@ -250,7 +270,7 @@ def test_tools_start_without_known_dependency_warnings():
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     result = subprocess.run([sys.executable, "tools/demo.py", "--help"], cwd=REPO, env=env,
@@ -259,6 +279,7 @@ def test_tools_start_without_known_dependency_warnings():
     assert "torch.jit.script" not in result.stderr and "Warning" not in result.stderr
 
 
+@pytest.mark.slow
 def test_import_d2ext_leaves_the_heavy_libraries_to_the_commands_that_use_them():
     import subprocess
     import sys

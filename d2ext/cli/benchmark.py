@@ -50,44 +50,40 @@ import json
 
 import numpy as np
 import torch
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Instances
 
-from ..utils.timing import (PRECISIONS, PartTimer, interleaved_medians, peak_memory_mb,
-                            with_precision)
+from ..engine import config_value, setup_cfg
+from ..errors import UserError
+from ..export import ExportedPredictor
+from ..modeling.backbone.archs import DINO_ARCHS
+from ..modeling.meta_arch import capabilities
+from ..solver import build_optimizer
+from ..utils.timing import (
+    PRECISIONS,
+    PartTimer,
+    interleaved_medians,
+    peak_memory_mb,
+    with_precision,
+)
+from . import parse_args, run_tool
 
 
 def model_parts(model):
-    """name -> submodule, name -> method for the per-part breakdown."""
-    modules, methods = {}, {}
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None:
-        if hasattr(backbone, "net"):  # ViT + simple feature pyramid: split ViT and neck
-            modules["backbone (ViT)"] = backbone.net
-            modules["backbone + neck"] = backbone
-        elif not hasattr(model, "upscale_block"):
-            modules["backbone"] = backbone
-    for name, attr in (("pixel decoder", "pixel_decoder"),
-                       ("transformer decoder", "transformer_decoder"),
-                       ("upscaler + mask logits (EoMT)", "upscale_block"),
-                       ("mask head (EoMT)", "mask_head")):
-        if hasattr(model, attr):
-            modules[name] = getattr(model, attr)
-    if hasattr(model, "postprocess"):
-        methods["post-processing"] = "postprocess"
-    return modules, methods
+    """name -> submodule, name -> method for the per-part breakdown (the model's
+    ``BenchmarkParts.parts``)."""
+    return capabilities(model).benchmark.parts(model)
 
 
 def model_only(model):
     """A function of the normalised image tensor that runs the model without post-processing."""
-    if hasattr(model, "predict"):
-        return model.predict
-    return lambda x: model([{"image": x[0] * 255, "height": x.shape[-2], "width": x.shape[-1]}])
+    return capabilities(model).benchmark.predict(model)
 
 
 def load_export(args, cfg, model):
     """``ExportedPredictor`` of --exported for ``cfg``'s model at the benchmark's size; an
     exported EoMT's masked-attention probabilities are copied into ``model``."""
-    from d2ext.export import ExportedPredictor
-
     providers = ["CUDAExecutionProvider"] if cfg.MODEL.DEVICE.startswith("cuda") else None
     try:
         import onnxruntime
@@ -101,17 +97,17 @@ def load_export(args, cfg, model):
     try:
         predictor = ExportedPredictor(args.exported, providers, options)
     except FileNotFoundError as err:
-        raise SystemExit(f"--exported {err}") from None
+        raise UserError(f"--exported {err}") from None
     spec = predictor.model.spec
-    if spec["meta_architecture"] != cfg.MODEL.META_ARCHITECTURE:
-        raise SystemExit(f"--exported {args.exported} holds a {spec['meta_architecture']}, the "
-                         f"config a {cfg.MODEL.META_ARCHITECTURE}: export the same config.")
+    caps = capabilities(model)
+    if spec["meta_architecture"] != caps.name:
+        raise UserError(f"--exported {args.exported} holds a {spec['meta_architecture']}, the "
+                         f"config a {caps.name}: export the same config.")
     if spec["size"] not in (None, [args.size, args.size]):
-        raise SystemExit(f"--exported {args.exported} takes {spec['size'][0]}x{spec['size'][1]} "
+        raise UserError(f"--exported {args.exported} takes {spec['size'][0]}x{spec['size'][1]} "
                          f"only: run with --size {spec['size'][0]} (a square export), or export "
                          "with --dynamic.")
-    if "attn_mask_probs" in spec:
-        model.attn_mask_probs.copy_(torch.tensor(spec["attn_mask_probs"]))
+    caps.load_graph_constants(model, spec.get("graph_constants", {}))
     return predictor
 
 
@@ -126,34 +122,33 @@ def export_rows(predictor, x, image):
 
 
 def build_d2ext(args):
-    from detectron2.modeling import build_model
-
-    from d2ext.engine import setup_cfg
-
     cfg = setup_cfg(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DINO.WEIGHTS", "",
                                        "INPUT.MIN_SIZE_TEST", args.size,
                                        "INPUT.MAX_SIZE_TEST", args.size] + args.opts)
     model = build_model(cfg).eval()
-    if hasattr(model, "attn_mask_probs") and not args.masked_attn:
-        model.attn_mask_probs.zero_()
+    if not args.masked_attn:
+        capabilities(model).trained_state(model)
     return cfg, model
 
 
 def peers(cfg, args, x, device):
     """name -> function running one of transformers' peers at the config's shape."""
-    from transformers import (DINOv3ViTConfig, DINOv3ViTModel, EomtDinov3Config,
-                              EomtDinov3ForUniversalSegmentation, Mask2FormerConfig,
-                              Mask2FormerForUniversalSegmentation)
-
-    from d2ext.modeling.backbone.dino_vit import DINO_ARCHS
+    from transformers import (
+        DINOv3ViTConfig,
+        DINOv3ViTModel,
+        EomtDinov3Config,
+        EomtDinov3ForUniversalSegmentation,
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+    )
 
     arch = DINO_ARCHS[cfg.MODEL.DINO.ARCH]
     shape = dict(hidden_size=arch.width, num_hidden_layers=arch.depth,
                  num_attention_heads=arch.heads, intermediate_size=arch.mlp, patch_size=16,
                  num_register_tokens=4, image_size=args.size)
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    queries = cfg.MODEL.EOMT.NUM_QUERIES if cfg.MODEL.META_ARCHITECTURE == "EoMT" else \
-        cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+    bench = capabilities(cfg).benchmark
+    queries = config_value(cfg, bench.num_queries_key)
     floor = DINOv3ViTModel(DINOv3ViTConfig(**shape)).eval().to(device)
     rows = {"floor": lambda: floor(pixel_values=x)}
     eomt = EomtDinov3ForUniversalSegmentation(EomtDinov3Config(
@@ -161,7 +156,7 @@ def peers(cfg, args, x, device):
         num_labels=num_classes)).eval().to(device)
     eomt.attn_mask_probs.zero_()
     rows["hf_eomt"] = lambda: eomt(pixel_values=x)
-    if cfg.MODEL.META_ARCHITECTURE == "EoMT":
+    if bench.peer == "hf_eomt":  # the peer's own pre- and post-processing, end to end
         from transformers import EomtImageProcessor
 
         processor = EomtImageProcessor(size={"shortest_edge": args.size,
@@ -231,8 +226,6 @@ def hf_mask2former_head(cfg, device):
 
 def synthetic_batch(batch, size, num_classes, device, seed=0):
     """Training inputs: random images with 5 box-shaped instances each, as detectron2 dicts."""
-    from detectron2.structures import BitMasks, Instances
-
     g = torch.Generator().manual_seed(seed)
     inputs = []
     for _ in range(batch):
@@ -250,8 +243,6 @@ def synthetic_batch(batch, size, num_classes, device, seed=0):
 def training_steps(cfg, model, hf_head, inputs, device):
     """name -> one training step (forward, losses, backward, optimizer step): d2ext's whole
     model, and with ``hf_head`` the same backbone + transformers' head and loss."""
-    from d2ext.solver import build_optimizer
-
     optimizer = build_optimizer(cfg, model)
 
     def step(loss_fn, opt):
@@ -279,7 +270,7 @@ def training_steps(cfg, model, hf_head, inputs, device):
     return rows
 
 
-def main(argv=None):
+def _main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--peers", action="store_true", help="also time transformers' peers")
@@ -302,9 +293,9 @@ def main(argv=None):
                         help="also time this export of the config (tools/export_model.py)")
     parser.add_argument("--json", default="", help="also write the results to this file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
-    args = parser.parse_args(argv)
-    from detectron2.engine import DefaultPredictor
-
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a mistake instead of its one-line message")
+    args = parse_args(parser, argv)
     torch.manual_seed(0)
     cfg, model = build_d2ext(args)
     exported = load_export(args, cfg, model) if args.exported else None
@@ -326,7 +317,8 @@ def main(argv=None):
     hf_head = None
     if args.peers:
         fns.update(peers(cfg, args, x, device))
-        if hasattr(model, "decode_queries"):  # equal work: the same maps into transformers' head
+        if capabilities(model).benchmark.peer == "hf_m2f":
+            # equal work: the same feature maps into transformers' head
             hf_head = hf_mask2former_head(cfg, device)
             hf_head[0].eval()
             fns["hf_m2f_head"] = lambda: hf_head[1](model.extract_features(x))
@@ -357,7 +349,7 @@ def main(argv=None):
         ratios = []
         if "floor" in rows and not name.endswith("e2e"):
             ratios.append(f"{ms / rows['floor']:.2f} x floor")
-        peer = "hf_eomt" if cfg.MODEL.META_ARCHITECTURE == "EoMT" else "hf_m2f"
+        peer = capabilities(model).benchmark.peer
         if name == "d2ext":
             ratios += [f"{ms / rows[p]:.2f} x {p}" for p in (peer, "hf_m2f_head") if p in rows]
         if name == "d2ext_train" and "hf_m2f_head_train" in rows:
@@ -381,3 +373,8 @@ def main(argv=None):
             json.dump({"config": args.config_file, "size": args.size, "device": device,
                        "precision": args.precision, "compiled": args.compile, "ms": rows,
                        **extra}, f, indent=1)
+
+
+def main(argv=None):
+    """benchmark: a user mistake ends in one line (``d2ext.cli.run_tool``)."""
+    return run_tool("benchmark", _main, argv)

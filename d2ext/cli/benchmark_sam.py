@@ -16,13 +16,15 @@ import time
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..modeling.backbone import DinoViTBackbone
 from ..modeling.meta_arch import DinoSamPrompt
 from ..modeling.sam_prompt import build_sam_model
 from ..utils.timing import PartTimer
+from . import run_tool
 
 
-def main(argv=None):
+def _main(argv):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dino-arch", default="dinov3_vits16")
@@ -34,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a mistake instead of its one-line message")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -42,7 +46,7 @@ def main(argv=None):
     timer = PartTimer(backbone, {"dino": backbone, "sam encoder": sam.image_encoder}, {})
     side = int(round(args.prompts ** 0.5))
     if side * side != args.prompts:
-        raise SystemExit("--prompts must be a square number (grid prompts)")
+        raise UserError("--prompts must be a square number (grid prompts), e.g. 64")
     image = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (3, args.height, args.width)),
                             dtype=torch.float32, device=args.device)
     print(f"device {args.device}, threads {torch.get_num_threads()}, DINO {args.dino_arch} at "
@@ -71,3 +75,8 @@ def main(argv=None):
         ratio = statistics.median(t / f for t, f in zip(totals, floors))
         print(f"{method:<11}{prompts:>8}{dino:>10.0f}{encoder:>12.0f}{dino + encoder:>10.0f}"
               f"{total:>10.0f}{ratio:>7.3f}{100 * (ratio - 1):>8.1f}")
+
+
+def main(argv=None):
+    """benchmark_sam: a user mistake ends in one line (``d2ext.cli.run_tool``)."""
+    return run_tool("benchmark_sam", _main, argv)

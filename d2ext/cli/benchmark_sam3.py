@@ -19,6 +19,9 @@ import time
 import numpy as np
 import torch
 
+from . import run_tool
+
+
 def coco_phrases():
     names = ("person bicycle car motorcycle airplane bus train truck boat traffic_light "
              "fire_hydrant stop_sign parking_meter bench bird cat dog horse sheep cow elephant "
@@ -71,7 +74,7 @@ def transformers_pipeline(model, processor, image_rgb, phrases, threshold=0.3):
     return results
 
 
-def main(argv=None):
+def _main(argv):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phrases", type=int, nargs="+", default=[1, 3, 80])
@@ -81,6 +84,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--phrases-per-batch", type=int, default=0,
                         help="MODEL.TEXT_PROMPT.PHRASES_PER_BATCH (0: by device)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a mistake instead of its one-line message")
     args = parser.parse_args(argv)
 
     from ..modeling.meta_arch import TextPromptSegmentor
@@ -118,3 +123,8 @@ def main(argv=None):
             per = (medians[hi][i] - medians[lo][i]) / (hi - lo)
             print(f"{name}: {per:.0f} ms per phrase beyond the first ({lo} -> {hi} phrases)")
     return 0
+
+
+def main(argv=None):
+    """benchmark_sam3: a user mistake ends in one line (``d2ext.cli.run_tool``)."""
+    return run_tool("benchmark_sam3", _main, argv)

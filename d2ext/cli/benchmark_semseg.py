@@ -24,6 +24,7 @@ import torch
 from ..engine import setup_cfg
 from ..modeling import DinoViTBackbone
 from ..utils.timing import interleaved_medians
+from . import run_tool
 
 # The repository's configs/ (this file is d2ext/cli/benchmark_semseg.py).
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -40,11 +41,13 @@ def semseg_model(config_file, size):
     return build_model(cfg).eval(), cfg
 
 
-def main(argv=None):
+def _main(argv):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=640)
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a mistake instead of its one-line message")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, args.size, args.size), dtype=torch.uint8)
@@ -80,3 +83,8 @@ def main(argv=None):
     for name, seconds in writes_median.items():
         print(f"{name:22s} {1000 * seconds:7.0f} ms  (= {100 * seconds / median['backbone']:.1f}% "
               "of the backbone)")
+
+
+def main(argv=None):
+    """benchmark_semseg: a user mistake ends in one line (``d2ext.cli.run_tool``)."""
+    return run_tool("benchmark_semseg", _main, argv)

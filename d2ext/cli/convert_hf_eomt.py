@@ -10,19 +10,23 @@ the checkpoint in MODEL.WEIGHTS, so ``tools/demo.py --config-file NAME.yaml`` an
 For the same input d2ext's class and mask logits equal transformers' (tests/test_eomt.py).
 """
 import argparse
-import sys
+
+from d2ext.modeling.converters import convert_hf_eomt
+
+from . import run_tool
 
 
-from d2ext.modeling.converters import EomtConversionError, convert_hf_eomt
-
-
-def main(argv=None):
+def _main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="save_pretrained directory or hub id of a transformers EoMT")
     parser.add_argument("dst", help="checkpoint to write (.pth); its config: same name, .yaml")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a mistake instead of its one-line message")
     args = parser.parse_args(argv)
-    try:
-        pth, yaml_path = convert_hf_eomt(args.src, args.dst)
-    except EomtConversionError as err:
-        sys.exit(f"convert_hf_eomt: {err}")
+    pth, yaml_path = convert_hf_eomt(args.src, args.dst)
     print(f"wrote {pth}\nwrote {yaml_path}")
+
+
+def main(argv=None):
+    """convert_hf_eomt: a user mistake ends in one line (``d2ext.cli.run_tool``)."""
+    return run_tool("convert_hf_eomt", _main, argv)

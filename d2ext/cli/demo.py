@@ -13,19 +13,23 @@
 
 Inputs may be files, globs and directories (searched recursively). With several inputs, or an
 --output folder, the input tree is mirrored under --output (a/x.jpg -> OUT/a/x.jpg.png); an
-input is never written over. A file that cannot be read, or whose prediction fails, is reported
-by name and skipped; the summary lists every failed file and the exit code is 1 if any failed.
+input is never written over. An existing file is replaced only if it is one of the demo's own .png
+drawings (they carry a mark): any other file at a drawing's or video's path (a .jpg drawing or a
+video of an earlier run included) stops the run before the model loads, unless --overwrite. A
+file that cannot be read, or whose prediction fails, is reported by name and skipped; the
+summary lists every failed file and the exit code is 1 if any failed.
 """
 import argparse
 import glob
 import logging
 import os
+import struct
+import zlib
 from functools import partial
 
 import cv2
 import numpy as np
 import tqdm
-from detectron2.data.catalog import Metadata
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 
@@ -33,7 +37,10 @@ from d2ext.data.datasets.sem_seg_folders import stable_colors
 from d2ext.data.image_io import ImageReadError, read_image_any
 from d2ext.engine import draw_predictions, load_predictor, setup_cfg
 from d2ext.engine.predictor import draw_outputs, predictor_metadata
-from d2ext.modeling.text_prompt import TextPromptError
+from d2ext.errors import UserError
+from d2ext.modeling.meta_arch import capabilities
+
+from . import parse_args, run_tool, split_class_names
 
 logger = logging.getLogger("d2ext.demo")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -68,9 +75,14 @@ def argument_parser():
                         help="predict on the webcam (a window; with --output, a video file)")
     parser.add_argument("--camera", type=int, default=0, help="camera index for --webcam")
     parser.add_argument("--output", help="output file (one input) or directory; without it, "
-                                         "results are only counted and logged")
+                                         "results are only counted and logged. Existing files "
+                                         "there are replaced only if they are the demo's own "
+                                         ".png drawings")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace any existing file at a drawing's or video's path (never "
+                             "an input)")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    # SAM-prompt configs (META_ARCHITECTURE DinoSamPrompt) only:
+    # SAM-prompt configs (DinoSamPrompt: prompts chosen per image) only:
     parser.add_argument("--method", choices=["clustering", "attention", "prototypes", "grid"],
                         help="SAM-prompt configs: how prompts are chosen "
                              "(MODEL.SAM_PROMPT.METHOD)")
@@ -81,15 +93,26 @@ def argument_parser():
                         metavar=("IMAGE", "MASK", "CLASS"),
                         help="SAM-prompt configs: a reference image, its mask image (non-zero = "
                              "CLASS) and the class name, for --method prototypes (repeatable)")
-    # Text-prompt configs (META_ARCHITECTURE TextPromptSegmentor) only:
+    # Text-prompt configs (TextPromptSegmentor: classes named at run time) only:
     parser.add_argument("--classes", nargs="+", metavar="NAME",
                         help="text-prompt configs: the classes to find, e.g. duck panda (any "
-                             "names; a subset of MODEL.TEXT_PROMPT.CLASSES where it is set)")
+                             "names; a subset of MODEL.TEXT_PROMPT.CLASSES where it is set). The "
+                             "first upper-case dotted word (a config key, e.g. MODEL.DEVICE) "
+                             "ends the list: it and the rest are config overrides")
     parser.add_argument("--debug", action="store_true",
                         help="stop at the first failing image with its traceback")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs")
     return parser
+
+
+def classes_before_opts(args):
+    """``args`` with the KEY VALUE overrides that --classes took (it is ``nargs="+"``) moved to
+    the front of --opts; ValueError for an empty class name."""
+    if args.classes:
+        args.classes, overrides = split_class_names(args.classes)
+        args.opts = overrides + list(args.opts or [])
+    return args
 
 
 def sam_prompt_opts(cfg, args):
@@ -103,32 +126,48 @@ def sam_prompt_opts(cfg, args):
         opts += ["MODEL.SAM_PROMPT.PROTOTYPE_REFERENCES", [list(r) for r in args.reference]]
         if not args.method:
             opts += ["MODEL.SAM_PROMPT.METHOD", "prototypes"]
-    if opts and cfg.MODEL.META_ARCHITECTURE != "DinoSamPrompt":
-        raise ValueError(f"--method, --num-segments and --reference apply to SAM-prompt configs "
-                         f"(MODEL.META_ARCHITECTURE DinoSamPrompt); {args.config_file} uses "
-                         f"{cfg.MODEL.META_ARCHITECTURE}")
+    caps = capabilities(cfg)
+    if opts and not caps.prompt_methods:
+        raise UserError(f"--method, --num-segments and --reference apply to SAM-prompt configs "
+                         f"(DinoSamPrompt); {args.config_file} uses {caps.name}")
     return opts
 
 
 def text_prompt_opts(cfg, args):
     """Config overrides for --classes (text-prompt configs): those classes, prompted freely (no
-    test dataset), each with its phrase from MODEL.TEXT_PROMPT.PROMPTS when the config lists its
-    classes (then --classes must be some of them)."""
+    test dataset). A class keeps its phrases from MODEL.TEXT_PROMPT.PROMPTS, found by its name:
+    PROMPTS rephrase MODEL.TEXT_PROMPT.CLASSES one by one (then --classes must be some of
+    them), or the test dataset's classes where CLASSES is empty."""
     if not args.classes:
         return []
     tp = cfg.MODEL.TEXT_PROMPT
-    if cfg.MODEL.META_ARCHITECTURE != "TextPromptSegmentor":
-        raise ValueError(f"--classes applies to text-prompt configs (MODEL.META_ARCHITECTURE "
-                         f"TextPromptSegmentor); {args.config_file} uses "
-                         f"{cfg.MODEL.META_ARCHITECTURE}")
-    fixed = list(tp.CLASSES)
+    caps = capabilities(cfg)
+    if not caps.open_vocabulary:
+        raise UserError(f"--classes applies to text-prompt configs (TextPromptSegmentor); "
+                         f"{args.config_file} uses {caps.name}")
+    fixed = [str(c) for c in tp.CLASSES]
     unknown = [c for c in args.classes if fixed and c not in fixed]
     if unknown:
-        raise ValueError(f"--classes {unknown}: {args.config_file} finds only "
+        raise UserError(f"--classes {unknown}: {args.config_file} finds only "
                          f"MODEL.TEXT_PROMPT.CLASSES {fixed}; choose among them")
-    prompts = [tp.PROMPTS[fixed.index(c)] for c in args.classes] if fixed and tp.PROMPTS else []
-    return ["MODEL.TEXT_PROMPT.CLASSES", list(args.classes), "MODEL.TEXT_PROMPT.PROMPTS",
-            prompts, "DATASETS.TEST", ()]
+    rephrased = fixed
+    if tp.PROMPTS and not fixed:
+        from d2ext.data.datasets import evaluation_thing_classes
+
+        rephrased = [str(c) for c in evaluation_thing_classes(cfg)]
+    if tp.PROMPTS and len(tp.PROMPTS) != len(rephrased):
+        source = "MODEL.TEXT_PROMPT.CLASSES" if fixed else "the test dataset"
+        raise UserError(f"MODEL.TEXT_PROMPT.PROMPTS has {len(tp.PROMPTS)} phrases for the "
+                         f"{len(rephrased)} classes of {source}: give one per class ('' = its "
+                         "name)")
+    phrasings = list(zip(rephrased, tp.PROMPTS))
+    classes, prompts = [], []
+    for name in dict.fromkeys(args.classes):
+        phrases = [p for n, p in phrasings if n == name] or [""]  # every phrase of the class
+        classes += [name] * len(phrases)
+        prompts += phrases
+    return ["MODEL.TEXT_PROMPT.CLASSES", classes, "MODEL.TEXT_PROMPT.PROMPTS",
+            prompts if any(prompts) else [], "DATASETS.TEST", ()]
 
 
 def expand_inputs(patterns):
@@ -167,6 +206,54 @@ def output_paths(output, files):
     return {f: None if os.path.realpath(t) in inputs else t for f, t in targets.items()}
 
 
+# Every .png drawing carries this text chunk right after its header: the demo replaces a file
+# only if it carries it, so a user's own file at a drawing's path is never lost.
+_MARK_BODY = b"tEXtSoftware\0d2ext tools/demo.py"
+DRAWING_MARK = struct.pack(">I", len(_MARK_BODY) - 4) + _MARK_BODY + \
+    struct.pack(">I", zlib.crc32(_MARK_BODY))
+_PNG_HEADER = 33  # the PNG signature (8 bytes) and its IHDR chunk (25), always first
+
+
+def write_drawing(path, bgr):
+    """Write a BGR drawing to ``path``: a .png with DRAWING_MARK, another extension with
+    OpenCV's encoder for it."""
+    if not path.lower().endswith(".png"):
+        if not cv2.imwrite(path, bgr):
+            raise OSError(f"could not write {path}")
+        return
+    ok, png = cv2.imencode(".png", bgr)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    png = png.tobytes()
+    with open(path, "wb") as f:
+        f.write(png[:_PNG_HEADER] + DRAWING_MARK + png[_PNG_HEADER:])
+
+
+def is_demo_drawing(path):
+    """Whether ``path`` is a .png drawing written by this demo (it carries DRAWING_MARK)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_PNG_HEADER + len(DRAWING_MARK))
+    except OSError:  # a folder, unreadable: not a drawing
+        return False
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and head[_PNG_HEADER:] == DRAWING_MARK
+
+
+def files_in_the_way(args):
+    """Existing paths that this run's drawings or videos would replace and that are not the
+    demo's own drawings."""
+    targets = []
+    if args.input:
+        files = expand_inputs(args.input)
+        targets += output_paths(args.output, files).values() if files else []
+    if args.video_input:
+        targets.append(video_output_path(args.output, args.video_input))
+    if args.webcam:
+        targets.append(video_output_path(args.output, "webcam"))
+    return [t for t in dict.fromkeys(targets)
+            if t and os.path.lexists(t) and not is_demo_drawing(t)]
+
+
 def run_images(predictor, metadata, files, args):
     """Predict and draw every file; returns the files that failed. An exception while reading,
     predicting, drawing or writing one image is logged with its file name and the run goes
@@ -195,8 +282,7 @@ def run_images(predictor, metadata, files, args):
             if target:
                 drawn = draw_predictions(image, outputs, metadata, args.confidence_threshold)
                 os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-                if not cv2.imwrite(target, drawn[:, :, ::-1]):
-                    raise OSError(f"could not write {target}")
+                write_drawing(target, np.ascontiguousarray(drawn[:, :, ::-1]))
                 logger.info(f"{path}: drawn to {target}")
         except Exception as err:  # one image never ends a run over many
             if args.debug:
@@ -317,10 +403,15 @@ def run_webcam(predictor, metadata, args):
 # --- end of video and webcam ---
 
 
-def main(argv=None):
-    args = argument_parser().parse_args(argv)
+def _main(argv):
+    args = parse_args(argument_parser(), argv)
     setup_logger(name="d2ext")
     setup_logger(name="detectron2")
+    try:
+        args = classes_before_opts(args)
+    except UserError as err:
+        logger.error(str(err))
+        return 2
     if not args.input and not args.video_input and not args.webcam:
         logger.error("nothing to do: give --input, --video-input or --webcam")
         return 2
@@ -341,27 +432,38 @@ def main(argv=None):
             logger.error(f"--output {args.output}: {folder} is not writable; choose a folder "
                          "you can write to")
             return 2
+        video = args.video_input and video_output_path(args.output, args.video_input)
+        if video and os.path.realpath(video) == os.path.realpath(args.video_input):
+            logger.error(f"--output {args.output}: the drawn video would replace the input "
+                         f"{args.video_input}; choose another --output")
+            return 2
+        in_the_way = [] if args.overwrite else files_in_the_way(args)
+        if in_the_way:
+            shown = ", ".join(in_the_way[:3]) + (f" and {len(in_the_way) - 3} more"
+                                                  if len(in_the_way) > 3 else "")
+            logger.error(f"--output {args.output}: would replace {len(in_the_way)} existing "
+                         f"file(s) that are not the demo's .png drawings ({shown}); choose "
+                         "another --output, or pass --overwrite")
+            return 2
     cfg = setup_cfg(args.config_file or QUICKSTART_CONFIG,
                     (quickstart_weights() if args.config_file is None else []) + args.opts)
-    if not cfg.MODEL.WEIGHTS and cfg.MODEL.META_ARCHITECTURE not in ("DinoSamPrompt",
-                                                                      "TextPromptSegmentor"):
+    if not cfg.MODEL.WEIGHTS and capabilities(cfg).trainable:
         logger.warning("MODEL.WEIGHTS is empty: the model has no trained weights and its "
                        "predictions mean nothing. Train it first (python tools/train_net.py "
                        "--config-file configs/quickstart.yaml) or give --opts MODEL.WEIGHTS "
                        "FILE.pth.")
     try:
         cfg.merge_from_list(sam_prompt_opts(cfg, args) + text_prompt_opts(cfg, args))
-    except ValueError as err:
+    except UserError as err:
         logger.error(str(err))
         return 2
     try:
         predictor = load_predictor(cfg)
-    except TextPromptError as err:
+    except UserError as err:
         logger.error(str(err))
         return 2
-    metadata = predictor_metadata(cfg)
-    if getattr(predictor.model, "class_names", None):  # zero-training models name their classes
-        metadata = Metadata(name="d2ext_demo", thing_classes=list(predictor.model.class_names))
+    # the classes as the checkpoint (or a zero-training model) names them
+    metadata = predictor_metadata(cfg, predictor)
     failed = 0
     if args.input:
         files = expand_inputs(args.input)
@@ -377,3 +479,9 @@ def main(argv=None):
     if args.webcam:
         failed += run_webcam(predictor, metadata, args)
     return 1 if failed else 0
+
+
+def main(argv=None):
+    """demo: a user mistake ends in one line (``d2ext.cli.run_tool``); one failing image is
+    named and skipped (--debug: stops there with its traceback)."""
+    return run_tool("demo", _main, argv)

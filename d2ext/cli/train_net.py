@@ -20,16 +20,27 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from d2ext.checkpoint import AtomicCheckpointer
+from d2ext.checkpoint import AtomicCheckpointer, check_evaluation_classes
+from d2ext.cli import parse_args, run_tool
+from d2ext.data.datasets.checks import check_dataset_files
 from d2ext.engine import Trainer, draw_predictions, load_predictor, setup_cfg
-from d2ext.utils.metrics_plots import plot_metrics
 from d2ext.engine.predictor import predictor_metadata
+from d2ext.utils.metrics_plots import plot_metrics
 
 logger = logging.getLogger("d2ext")
 
 
-def setup(args):
+def checked_cfg(args):
+    """The config of the command line, its datasets checked to exist: a missing dataset is
+    reported before any weights are downloaded."""
     cfg = setup_cfg(args.config_file, args.opts, args.register_coco, args.register_sem_seg)
+    check_dataset_files(([] if args.eval_only else list(cfg.DATASETS.TRAIN))
+                        + list(cfg.DATASETS.TEST))
+    return cfg
+
+
+def setup(args):
+    cfg = checked_cfg(args)
     cfg.freeze()
     default_setup(cfg, args)  # logging, seeds, config.yaml copied into OUTPUT_DIR
     # detectron2 sets up its own loggers only: d2ext's messages (where demo.png and the plots
@@ -48,18 +59,29 @@ def save_demo_image(cfg):
     cfg.defrost()
     cfg.MODEL.WEIGHTS = checkpoint
     image = cv2.imread(record["file_name"])
-    drawn = draw_predictions(image, load_predictor(cfg)(image), predictor_metadata(cfg))
+    predictor = load_predictor(cfg)  # named as the checkpoint names its classes
+    drawn = draw_predictions(image, predictor(image), predictor_metadata(cfg, predictor))
     path = os.path.join(cfg.OUTPUT_DIR, "demo.png")
     cv2.imwrite(path, drawn[:, :, ::-1])
     logger.info(f"Predictions on {record['file_name']} drawn to {path}")
+
+
+def load_eval_weights(cfg, model, resume=False):
+    """Load MODEL.WEIGHTS (``resume``: OUTPUT_DIR's last checkpoint, if any) into ``model`` for
+    evaluation: the checkpoint must fit the model exactly, and the classes it was trained on
+    (d2ext checkpoints record them) must be the test datasets' (``CheckpointError`` otherwise).
+    Returns the checkpoint's extra data."""
+    checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True, cfg=cfg)
+    extra = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    check_evaluation_classes(extra.get("classes"), cfg, checkpointer.loaded_from)
+    return extra
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        load_eval_weights(cfg, model, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -84,12 +106,24 @@ def argument_parser():
                         metavar=("NAME", "IMAGE_DIR", "MASK_DIR"),
                         help="register a semantic dataset: images and class-id PNG masks of the "
                              "same names (repeatable); classes: DATASETS.SEM_SEG_CLASSES")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a configuration or data mistake instead of "
+                             "its one-line message")
     return parser
 
 
-def cli(argv=None):
-    """Parse the command line and run ``main`` in ``--num-gpus`` processes (detectron2's launch)."""
-    args = argument_parser().parse_args(argv)
+def run(argv):
+    args = parse_args(argument_parser(), argv)
     print("Command Line Args:", args)
+    if args.num_gpus * args.num_machines > 1:
+        # The config and the data are checked here, once, so that a mistake is one line
+        # instead of one traceback per process.
+        checked_cfg(args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
+
+
+def cli(argv=None):
+    """Parse the command line (options may follow the KEY VALUE overrides) and run ``main`` in
+    ``--num-gpus`` processes (detectron2's launch); a user mistake is one line, exit code 1."""
+    return run_tool("train_net", run, argv)

@@ -6,5 +6,9 @@ from .app import DEFAULT_PORT, launch_app
 from .coco_export import export_coco_splits, train_command
 from .fiftyone_db import CurationError, FiftyOneUnavailable, load_dataset, require_fiftyone
 from .open_images import DEFAULT_CLASSES, GT_FIELD, check_class_names, load_open_images
-from .predictions import (add_predictions, evaluate_predictions, instances_to_detections,
-                          worst_samples)
+from .predictions import (
+                          add_predictions,
+                          evaluate_predictions,
+                          instances_to_detections,
+                          worst_samples,
+)

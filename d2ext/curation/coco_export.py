@@ -43,13 +43,35 @@ def _split_views(collection, splits, reject_tag):
     return views
 
 
+def _full_mask(det, width, height):
+    """``det``'s instance mask on the whole (height, width) image, bool. FiftyOne stores the
+    mask cropped to the box; the crop goes back at the pixel where FiftyOne's own rendering puts
+    the box's corner (``int(size * corner)``), at its own size. FiftyOne's ``to_segmentation``
+    instead resizes the crop to ``int(size * (x + w)) - int(size * x)`` pixels, which the float
+    sum ``x + w`` can make one pixel more or less than the crop: a resampled, shifted mask. A
+    crop more than a pixel off its box was made at another resolution (a mask_path image, other
+    tools): only resampling places it, so FiftyOne's rendering is used then."""
+    crop = det.get_mask()
+    x, y, w, h = det.bounding_box
+    x0, y0 = int(width * x), int(height * y)
+    box_w, box_h = int(width * (x + w)) - x0, int(height * (y + h)) - y0
+    pasteable = crop is not None and crop.ndim == 2 and abs(crop.shape[0] - box_h) <= 1 and \
+        abs(crop.shape[1] - box_w) <= 1 and 0 <= x0 < width and 0 <= y0 < height
+    if not pasteable:
+        return det.to_segmentation(frame_size=(width, height), target=1).mask > 0
+    full = np.zeros((height, width), bool)
+    crop = crop[:height - y0, :width - x0] > 0  # a crop a pixel past the image's edge
+    full[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+    return full
+
+
 def _coco_annotations(detections, classes, width, height, image_id, first_ann_id):
     """COCO annotation dicts (RLE masks, xywh pixel boxes) for the detections with masks."""
     anns = []
     for det in detections:
         if det.label not in classes or not det.has_mask:
             continue
-        full = det.to_segmentation(frame_size=(width, height), target=1).mask > 0
+        full = _full_mask(det, width, height)
         rle = mask_util.encode(np.asfortranarray(full.astype(np.uint8)))
         area = float(mask_util.area(rle))
         if area == 0:  # a degenerate mask teaches nothing and breaks box targets
@@ -60,6 +82,31 @@ def _coco_annotations(detections, classes, width, height, image_id, first_ann_id
                          category_id=classes.index(det.label) + 1, segmentation=rle, area=area,
                          bbox=[x * width, y * height, w * width, h * height], iscrowd=0))
     return anns
+
+
+# labels.json's "info" carries this key: --overwrite replaces only a folder that it marks.
+EXPORT_MARK = "d2ext_export"
+
+
+def _not_exported(split_dir):
+    """The paths in ``split_dir`` that no d2ext export wrote: an export is labels.json (marked
+    EXPORT_MARK) and data/ holding only the images labels.json lists."""
+    if os.path.islink(split_dir) or not os.path.isdir(split_dir):
+        return [split_dir]
+    json_file, data_dir = os.path.join(split_dir, "labels.json"), os.path.join(split_dir, "data")
+    try:
+        with open(json_file) as f:
+            labels = json.load(f)
+        names = {image["file_name"] for image in labels["images"]} \
+            if labels.get("info", {}).get(EXPORT_MARK) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        names = None
+    foreign = [os.path.join(split_dir, n) for n in sorted(os.listdir(split_dir))
+               if n not in ("labels.json", "data") or (n == "labels.json" and names is None)]
+    if os.path.isdir(data_dir) and not os.path.islink(data_dir):
+        foreign += [os.path.join(data_dir, n) for n in sorted(os.listdir(data_dir))
+                    if names is None or n not in names]
+    return foreign
 
 
 def _export_split(view, split_dir, classes, gt_field):
@@ -83,7 +130,10 @@ def _export_split(view, split_dir, classes, gt_field):
                                          height, image_id, len(annotations) + 1)
     json_file = os.path.join(split_dir, "labels.json")
     with open(json_file, "w") as f:
-        json.dump(dict(images=images, annotations=annotations,
+        json.dump(dict(info={"description": f"d2ext export of FiftyOne dataset "
+                                            f"{view.dataset_name!r}, field {gt_field!r}",
+                             EXPORT_MARK: True},
+                       images=images, annotations=annotations,
                        categories=[dict(id=i + 1, name=c) for i, c in enumerate(classes)]), f)
     return dict(json_file=json_file, image_root=data_dir, images=len(images),
                 annotations=len(annotations), missing_images=missing)
@@ -94,7 +144,9 @@ def export_coco_splits(collection, export_dir, splits=("train", "val"), reject_t
     """Write one COCO instance dataset per split tag of ``collection`` (a dataset or view).
 
     Images missing on disk are skipped and counted. Raises :class:`CurationError` (before
-    writing anything) for empty splits, samples in two splits, or existing output.
+    writing anything) for empty splits, samples in two splits, or existing output; with
+    ``overwrite`` an existing split folder is replaced only if an export wrote all of it
+    (labels.json marked EXPORT_MARK, data/ holding its images), else refused by name.
 
     Returns:
         {split: {"json_file", "image_root", "images", "annotations", "missing_images"}}
@@ -106,12 +158,25 @@ def export_coco_splits(collection, export_dir, splits=("train", "val"), reject_t
         raise CurationError(f"dataset {collection.name!r} has no label field {gt_field!r} "
                             f"(fields: {sorted(collection.get_field_schema())}).")
     views = _split_views(collection, splits, reject_tag)
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise CurationError(f"--out {export_dir} is a file; name a folder to export into.")
+    replaced = []
     for split in splits:
         split_dir = os.path.join(export_dir, split)
-        if os.path.exists(split_dir):
-            if not overwrite:
-                raise CurationError(f"{split_dir} already exists; pass --overwrite to replace it.")
-            shutil.rmtree(split_dir)
+        if not os.path.lexists(split_dir):
+            continue
+        if not overwrite:
+            raise CurationError(f"{split_dir} already exists; pass --overwrite to replace it.")
+        foreign = _not_exported(split_dir)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                              if len(foreign) > 3 else "")
+            raise CurationError(f"{split_dir} holds {len(foreign)} file(s) that no d2ext "
+                                f"export wrote ({shown}); --overwrite replaces only an earlier "
+                                "export: choose another --out.")
+        replaced.append(split_dir)
+    for split_dir in replaced:  # every folder checked before any is removed
+        shutil.rmtree(split_dir)
     result = {}
     for split, view in views.items():
         result[split] = _export_split(view, os.path.join(export_dir, split), classes, gt_field)

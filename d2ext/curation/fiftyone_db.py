@@ -5,6 +5,8 @@ without it. Every curation function calls :func:`require_fiftyone` first.
 """
 import os
 
+from ..errors import UserError
+
 INSTALL_HINT = "pip install 'd2ext[fiftyone]'   (or: pip install fiftyone)"
 
 DATABASE_HINT = """\
@@ -20,7 +22,7 @@ How to provide FiftyOne's database (MongoDB):
 See README.md, section "FiftyOne curation"."""
 
 
-class FiftyOneUnavailable(RuntimeError):
+class FiftyOneUnavailable(UserError, RuntimeError):
     """FiftyOne is not installed or its database cannot be reached; the message says what to do."""
 
 
@@ -58,5 +60,5 @@ def load_dataset(name):
     return fo.load_dataset(name)
 
 
-class CurationError(ValueError):
+class CurationError(UserError):
     """Bad user input to a curation step (unknown class, empty selection, ...)."""

@@ -6,10 +6,33 @@ import os
 
 from ..data.image_io import read_image_any
 from ..engine.predictor import load_predictor
+from ..modeling.meta_arch import capabilities
 from .fiftyone_db import CurationError, require_fiftyone
 from .open_images import GT_FIELD
 
 logger = logging.getLogger(__name__)
+
+
+def _relative(pixel, size, start=0.0):
+    """``pixel / size - start``, nudged by ulps until ``int(size * (start + result)) == pixel``:
+    FiftyOne maps a relative box corner to a pixel by flooring ``size * corner``, and
+    ``pixel / size * size`` can land an ulp below ``pixel``."""
+    offset = pixel / size - start
+    for _ in range(4096):  # a few ulps in practice; the bound only guards the loop
+        floor = int(size * (start + offset))
+        if floor == pixel:
+            break
+        offset = math.nextafter(offset, math.inf if floor < pixel else -math.inf)
+    return offset
+
+
+def pixel_box(x0, y0, x1, y1, width, height):
+    """The FiftyOne box ``[x, y, w, h]`` (relative) of the whole-pixel box ``x0 <= x < x1``,
+    ``y0 <= y < y1``, such that FiftyOne's own rendering (``to_segmentation``, mask
+    evaluation, the App) places a mask cropped to it at exactly those pixels: an off-by-one
+    corner would shift the mask, or resample it to the box's size."""
+    x, y = _relative(x0, width), _relative(y0, height)
+    return [x, y, _relative(x1, width, x), _relative(y1, height, y)]
 
 
 def instances_to_detections(instances, classes, image_size):
@@ -32,16 +55,81 @@ def instances_to_detections(instances, classes, image_size):
         if x1 <= x0 or y1 <= y0:
             continue
         det = fo.Detection(label=classes[cls], confidence=score,
-                           bounding_box=[x0 / width, y0 / height,
-                                         (x1 - x0) / width, (y1 - y0) / height])
+                           bounding_box=pixel_box(x0, y0, x1, y1, width, height))
         if masks is not None:
             det.mask = masks[i, y0:y1, x0:x1]
         detections.append(det)
     return fo.Detections(detections=detections)
 
 
+# A label field's info records the d2ext command that created it: that command may rewrite the
+# field; labels anyone else put in a field (imported, drawn in the App) are never replaced
+# unless asked (overwrite).
+WRITER_KEY = "d2ext_written_by"
+FIELD_FLAGS = {"prelabel": "--label-field", "predict": "--pred-field"}
+
+
+def _dataset_of(collection):
+    """The dataset behind ``collection`` (a dataset, or a view of one)."""
+    import fiftyone as fo
+
+    name = getattr(collection, "dataset_name", None)  # views only
+    return fo.load_dataset(name) if name else collection
+
+
+def field_writer(dataset, field):
+    """The d2ext command (``"prelabel"``, ``"predict"``) that created label field ``field`` of
+    ``dataset``, else None (a field d2ext did not create, or no such field)."""
+    if not dataset.has_sample_field(field):
+        return None
+    return (dataset.get_field(field).info or {}).get(WRITER_KEY)
+
+
+def check_label_field(collection, field, writer="predict", overwrite=False):
+    """Refuse (:class:`CurationError`) to let ``writer`` write label field ``field`` of
+    ``collection``'s dataset where samples hold labels that ``writer`` did not write, unless
+    ``overwrite``; and a field of that name that is not a Detections field. Returns the ids of
+    the samples holding such labels (empty unless ``overwrite``)."""
+    import fiftyone as fo
+
+    dataset = _dataset_of(collection)
+    flag = FIELD_FLAGS.get(writer, "the label field")
+    if not dataset.has_sample_field(field):
+        return set()
+    existing = dataset.get_field(field)
+    if not (isinstance(existing, fo.EmbeddedDocumentField)
+            and issubclass(existing.document_type, fo.Detections)):
+        kind = getattr(existing, "document_type", type(existing)).__name__
+        raise CurationError(f"{flag} {field!r}: dataset {dataset.name!r} already has a {kind} "
+                            f"field of that name, not a Detections label field; choose another "
+                            f"{flag}.")
+    owner = field_writer(dataset, field)
+    if owner == writer:
+        return set()
+    held = set(dataset.exists(field).values("id"))
+    if held and not overwrite:
+        whose = f"written by d2ext {owner}" if owner else f"that {writer} did not write"
+        raise CurationError(f"{flag} {field!r}: {len(held)} sample(s) of dataset "
+                            f"{dataset.name!r} hold labels there {whose}; choose another "
+                            f"{flag}, or pass --overwrite to replace them.")
+    return held
+
+
+def _claim_field(dataset, field, writer):
+    """Record in ``field``'s info (and its description, if empty) that ``writer`` wrote it."""
+    import fiftyone as fo
+
+    if not dataset.has_sample_field(field):
+        dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    existing = dataset.get_field(field)
+    existing.info = {**(existing.info or {}), WRITER_KEY: writer}
+    existing.description = existing.description or \
+        f"d2ext {writer}: model predictions (rerunning {writer} replaces them)"
+    existing.save()
+
+
 def add_predictions(collection, cfg, classes=None, pred_field="predictions",
-                    confidence_threshold=0.05, debug=False):
+                    confidence_threshold=0.05, debug=False, overwrite=False, writer="predict"):
     """Predict every sample of ``collection`` with the d2ext model of ``cfg`` (MODEL.WEIGHTS
     set) and store the results in ``pred_field``. Images missing on disk are skipped. An
     exception while reading or predicting one sample is logged with its file name and the run
@@ -49,19 +137,34 @@ def add_predictions(collection, cfg, classes=None, pred_field="predictions",
     every sample would fail the same way.
 
     ``classes`` name the model's class indices: by default the zero-training models' own class
-    names (SAM 3 text prompts, SAM prototypes), else the collection's default_classes.
+    names (SAM 3 text prompts, SAM prototypes) or those the checkpoint was trained with (its
+    "classes"), else the collection's default_classes.
+
+    ``writer`` (the d2ext command, ``"predict"`` or ``"prelabel"``) is recorded in the field's
+    info when it creates the field; it rewrites such a field freely, but a field holding labels
+    it did not write is refused before the model is built, unless ``overwrite`` (see
+    :func:`check_label_field`).
 
     Returns:
         {"predicted": N, "instances": I, "missing_images": M, "failed": [filepath, ...]}
     """
     require_fiftyone()
+    foreign = check_label_field(collection, pred_field, writer, overwrite)
     predictor = load_predictor(cfg)
-    classes = list(classes or getattr(predictor.model, "class_names", None)
-                   or collection.default_classes or [])
+    # the model's own names (zero-training models), else those its checkpoint was trained with
+    own = (predictor.model.class_names if capabilities(cfg).classes_from_model
+           else predictor.class_names)
+    classes = list(classes or own or collection.default_classes or [])
     if not classes:
         raise CurationError(f"dataset {collection.name!r} has no default_classes; pass --classes "
                             "in the model's class order.")
+    dataset = _dataset_of(collection)
+    if not foreign and field_writer(dataset, pred_field) != writer:
+        # created (or still empty): marked before the first write, so an interrupted run
+        # leaves a field that a rerun may replace
+        _claim_field(dataset, pred_field, writer)
     stats = {"predicted": 0, "instances": 0, "missing_images": 0, "failed": []}
+    written = set()
     for sample in collection.iter_samples(autosave=True, progress=True):
         if not os.path.isfile(sample.filepath):
             stats["missing_images"] += 1
@@ -81,8 +184,11 @@ def add_predictions(collection, cfg, classes=None, pred_field="predictions",
             stats["failed"].append(sample.filepath)
             continue
         sample[pred_field] = detections
+        written.add(sample.id)
         stats["predicted"] += 1
         stats["instances"] += len(detections.detections)
+    if foreign and not foreign - written:  # --overwrite replaced every label of others
+        _claim_field(dataset, pred_field, writer)
     if stats["missing_images"]:
         logger.warning(f"skipped {stats['missing_images']} sample(s) whose image is missing.")
     return stats

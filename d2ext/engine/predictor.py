@@ -4,12 +4,21 @@ import logging
 import cv2
 import torch
 from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from ..checkpoint import AtomicCheckpointer
+from ..checkpoint import (
+    AtomicCheckpointer,
+    checkpoint_class_names,
+    class_names_difference,
+    dataset_class_names,
+    show_names,
+)
 from ..data.dataset_mappers.lsj_augmentation import ResizeShortestEdge
+from ..data.datasets.sem_seg_folders import stable_colors
+from ..modeling.meta_arch import capabilities
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +27,14 @@ def load_predictor(cfg):
     """``DefaultPredictor`` for ``cfg`` (BGR image in, model outputs out).
 
     When MODEL.WEIGHTS (the whole model) is set it overwrites the ViT anyway, so the ViT's own
-    pretrained weights (MODEL.DINO.WEIGHTS) are not loaded first.
+    pretrained weights (MODEL.DINO.WEIGHTS) are not loaded first. The checkpoint must fit the
+    model exactly (``AtomicCheckpointer`` with ``strict``): ``CheckpointError`` otherwise.
+
+    The predictor's ``class_names`` name the model's class indices as it was trained: the
+    checkpoint's "classes", or a zero-training model's own names; None where only the config's
+    dataset names them (a checkpoint saved before d2ext recorded its classes). Its
+    ``metadata`` is the Metadata to draw with (``predictor_metadata``): that of the config's
+    dataset, unless the checkpoint names other classes (then its names, with a warning).
     """
     cfg = cfg.clone()
     cfg.defrost()
@@ -26,14 +42,49 @@ def load_predictor(cfg):
     if weights:
         cfg.MODEL.DINO.WEIGHTS = ""
     predictor = DefaultPredictor(cfg)
+    classes = None
     if weights:  # d2ext's checkpointer: .pkl files are read without running code
-        AtomicCheckpointer(predictor.model).load(weights)
+        classes = AtomicCheckpointer(predictor.model, strict=True, cfg=cfg).load(
+            weights).get("classes")
     # The same test-time resize, keeping each side of a very thin image at least one pixel.
     predictor.aug = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    if capabilities(cfg).classes_from_model:  # zero-training models name their classes
+        predictor.class_names = list(predictor.model.class_names)
+        predictor.metadata = Metadata(name="d2ext_model_classes",
+                                      thing_classes=predictor.class_names)
+    else:
+        predictor.class_names = checkpoint_class_names(classes, cfg)
+        predictor.metadata = _trained_metadata(cfg, predictor.class_names, classes, weights)
     return predictor
 
 
-def predictor_metadata(cfg):
+def _trained_metadata(cfg, trained, classes, weights):
+    """The config's dataset metadata, or one naming the checkpoint's classes ``trained`` where
+    they differ from that dataset's (with a warning)."""
+    metadata = predictor_metadata(cfg)
+    if trained is None:
+        return metadata
+    names = dataset_class_names(cfg, metadata.name)
+    if names == trained:
+        return metadata
+    field = capabilities(cfg).class_metadata
+    if names is not None:
+        logger.warning(f"MODEL.WEIGHTS {weights} was trained on {classes.get('dataset')!r} with "
+                       f"classes {show_names(trained)}, but the config's dataset "
+                       f"{metadata.name!r} names {show_names(names)} "
+                       f"({class_names_difference(trained, names)}): predictions are named with "
+                       "the checkpoint's classes.")
+    extra = {"stuff_colors": stable_colors(len(trained))} if field == "stuff_classes" else {}
+    return Metadata(name=f"{classes.get('dataset')} (from {weights})", **{field: trained},
+                    **extra)
+
+
+def predictor_metadata(cfg, predictor=None):
+    """The Metadata to draw ``predictor``'s outputs with (``predictor.metadata``, which names
+    the classes as the checkpoint does); without a predictor, that of the config's first test
+    (else train) dataset."""
+    if predictor is not None:
+        return predictor.metadata
     names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
     return MetadataCatalog.get(names[0] if names else "__unused")
 

@@ -6,18 +6,27 @@ import os
 import weakref
 
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import AtomicCheckpointer
-from .defaults import check_num_classes
+from ..checkpoint import AtomicCheckpointer, training_classes
+from ..data.dataset_mappers import SkipUnreadableImages, build_default_mapper, build_train_mapper
+from ..data.datasets import DatasetError
+from ..modeling.meta_arch import capabilities
 from ..solver import build_lr_scheduler, build_optimizer
+from .defaults import check_num_classes
 
 logger = logging.getLogger(__name__)
+# The per-image output each dataset evaluator_type is scored on.
+EVALUATED_OUTPUT = {"coco": "instances", "sem_seg": "sem_seg"}
 
 
 def restore_best_metric(hook, metrics_file, before_iter):
@@ -64,7 +73,11 @@ class Trainer(DefaultTrainer):
                                  **({} if on_cuda else {"device_ids": None}))
         self._trainer = self._build_step_trainer(cfg, model, data_loader, optimizer, on_cuda)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # Fine-tuning from MODEL.WEIGHTS is lenient (another class count), a resume is strict;
+        # every save records the training data's classes (the datasets are loaded by now).
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg,
+                                               extra_data={"classes": training_classes(cfg)},
+                                               trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -85,13 +98,18 @@ class Trainer(DefaultTrainer):
         cfg = self.cfg
         if comm.is_main_process() and cfg.TEST.EVAL_PERIOD > 0 and cfg.TEST.BEST_CHECKPOINT_METRIC:
             at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
-            best = AtomicCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR, tag_last=False)
+            best = AtomicCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR, tag_last=False,
+                                      extra_data=self.checkpointer.extra_data)
             ret.insert(at, hooks.BestCheckpointer(
                 cfg.TEST.EVAL_PERIOD, best, cfg.TEST.BEST_CHECKPOINT_METRIC,
                 mode=cfg.TEST.BEST_CHECKPOINT_MODE, file_prefix="model_best"))
         return ret
 
     def resume_or_load(self, resume=True):
+        """detectron2's: resume from OUTPUT_DIR's last_checkpoint (which must fit the model
+        exactly), else fine-tune from MODEL.WEIGHTS (which may have another class count, and must
+        hold at least half of the model); a checkpoint that does not fit raises
+        ``CheckpointError`` (see ``AtomicCheckpointer``)."""
         super().resume_or_load(resume=resume)
         if resume and self.start_iter > 0:
             for hook in self._hooks:
@@ -103,31 +121,38 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         kind = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
+        if kind not in EVALUATED_OUTPUT:
+            raise NotImplementedError(f"dataset {dataset_name!r}: no evaluator for "
+                                      f"evaluator_type {kind!r}")
+        caps = capabilities(cfg)
+        if EVALUATED_OUTPUT[kind] not in caps.outputs(cfg):
+            raise ValueError(f"dataset {dataset_name!r} is evaluated on {EVALUATED_OUTPUT[kind]!r}"
+                             f", which {caps.name} does not output with this config (it outputs "
+                             f"{list(caps.outputs(cfg))}; MODEL.MASK_FORMER.TEST.*_ON switch "
+                             "the mask-classification models' outputs).")
         if kind == "sem_seg":
             return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-        if kind == "coco":
-            return COCOEvaluator(dataset_name, output_dir=output_folder)
-        raise NotImplementedError(f"dataset {dataset_name!r}: no evaluator for "
-                                  f"evaluator_type {kind!r}")
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     # INPUT.DATASET_MAPPER_NAME picks the mapper (Mask2Former-style LSJ mappers or detectron2's).
     @classmethod
     def build_train_loader(cls, cfg):
-        from detectron2.data import build_detection_train_loader
-
-        from ..data.dataset_mappers import SkipUnreadableImages, build_train_mapper
-
         mapper = build_train_mapper(cfg)
-        loader = build_detection_train_loader(cfg, mapper=SkipUnreadableImages(mapper))
+        try:
+            loader = build_detection_train_loader(cfg, mapper=SkipUnreadableImages(mapper))
+        except AssertionError as err:  # detectron2's DatasetFromList / filtering of empty images
+            if "No valid data found" not in str(err):
+                raise
+            raise DatasetError(
+                f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}: no image with an annotation to "
+                "train on (images without annotations are skipped while "
+                "DATALOADER.FILTER_EMPTY_ANNOTATIONS is True); check the json's 'annotations' "
+                "and their 'image_id's.") from None
         check_num_classes(cfg, cfg.DATASETS.TRAIN)  # the datasets are loaded now
         return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        from detectron2.data import build_detection_test_loader
-
-        from ..data.dataset_mappers import build_default_mapper
-
         return build_detection_test_loader(cfg, dataset_name,
                                            mapper=build_default_mapper(cfg, is_train=False))
 

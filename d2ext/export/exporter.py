@@ -1,9 +1,11 @@
 """A d2ext model as one graph file: ONNX (``model.onnx``) or a ``torch.export`` program
-(``model.pt2``), plus ``export.json`` (what the graph takes and gives) and ``config.yaml``.
+(``model.pt2``), plus ``export.json`` (what the graph takes and gives) and ``config.yaml``
+(``d2ext.export.spec``).
 
 Each graph takes what the meta-architecture sees after its own normalisation and padding and
 returns its raw outputs; ``d2ext.export.runtime`` turns them into the meta-architecture's
-detectron2 outputs with the same post-processing functions. One image per run.
+detectron2 outputs with the same post-processing functions. One image per run. What a model's
+graph takes and gives, and how, is its ``ExportInterface`` (``capabilities(cfg).export``):
 
 - EoMT, DinoMask2Former: images (1, 3, H, W) -> pred_logits (1, Q, K+1), pred_masks
   (1, Q, H/4, W/4).
@@ -15,23 +17,24 @@ detectron2 outputs with the same post-processing functions. One image per run.
 
 H and W are dynamic, multiples of the model's padding multiple (EoMT: its patch size), except
 where ``fixed_size_reason`` names why not. Both formats come from one ``torch.export`` program
-(the ONNX file from the dynamo exporter), except Mask R-CNN: detectron2's proposal and box heads
-branch in Python on tensor values (e.g. ``if not valid_mask.all()``), which ``torch.export``
-refuses, so its ONNX file is traced through detectron2's ``TracingAdapter``
-(``torch.onnx.export(dynamo=False)``, the path of detectron2's own deployment tools). A trace
-keeps any size the code turns into a Python number (the DINO ViT's ``math.ceil`` of its patch
-grid): such a graph is fixed to one input size. The detection count stays dynamic.
+(the ONNX file from the dynamo exporter), except for models whose interface is ``traced``
+(Mask R-CNN): their ONNX file is traced through detectron2's ``TracingAdapter``
+(``torch.onnx.export(dynamo=False)``). A trace keeps any size the code turns into a Python
+number (the DINO ViT's ``math.ceil`` of its patch grid): such a graph is fixed to one input
+size. The first axis of a traced graph's outputs (the detection count) stays dynamic.
 """
-import json
 import math
 import os
 import warnings
-from functools import partial
 
 import torch
-from torch import nn
 
-from ..modeling.backbone.dino_vit import DINO_ARCHS
+from ..errors import UserError
+from ..modeling.backbone.archs import DINO_ARCHS
+from ..modeling.meta_arch import capabilities
+from ..modeling.meta_arch.capabilities import not_exportable_message
+from .runtime import load_graph
+from .spec import FORMATS, read_spec, write_spec
 
 # GridSample (the deformable attention, the mask resampling) needs opset >= 16; the dynamo
 # exporter writes opset 18 and up; the oldest is the widest-read, so the default. Opset 23
@@ -39,11 +42,7 @@ from ..modeling.backbone.dino_vit import DINO_ARCHS
 # over the whole score matrix; ONNX Runtime reads it from 1.23 on.
 ONNX_OPSET = 18
 ONNX_OPSETS = range(18, 24)
-# The TorchScript-based exporter (Mask R-CNN's, below) writes opset 20 at most.
-TRACED_MAX_OPSET = 20
-FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2"}
-SPEC_FILE, CONFIG_FILE = "export.json", "config.yaml"
-# Warnings of the Mask R-CNN trace, silenced by message: the TorchScript-based exporter is
+# Warnings of a traced export, silenced by message: the TorchScript-based exporter is
 # chosen (see above), and calls its own deprecated logging set-up; tracing warns at every Python
 # read of a tensor in detectron2 (asserts, empty-input checks; the ViT's patch grid, why that
 # size is fixed) and at advanced indexing, whose indices are never negative there. The tool
@@ -51,57 +50,10 @@ SPEC_FILE, CONFIG_FILE = "export.json", "config.yaml"
 TRACE_WARNINGS = ("You are using the legacy TorchScript-based ONNX export",
                   "The feature will be removed", "Converting a tensor to a Python",
                   "Exporting aten::index operator", "Constant folding - Only steps=1")
-MASK_CLASSIFICATION = ("EoMT", "DinoMask2Former")
-DINO_VIT_BACKBONES = ("build_dino_vit_backbone", "build_dino_sfp_backbone")
-EXPORTABLE = MASK_CLASSIFICATION + ("DinoSemanticSegmentor", "GeneralizedRCNN")
-# d2ext's prompt families: why no graph holds them.
-NOT_EXPORTABLE = {
-    "DinoSamPrompt": "its prompts are chosen per image in Python loops",
-    "TextPromptSegmentor": "its class phrases are decoded per image in Python loops",
-}
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A model or option that cannot be exported; the message says why and what to do."""
-
-
-class PredictGraph(nn.Module):
-    """``model.predict(images)`` as a function of tensors: normalised, padded images
-    (1, 3, H, W) -> the tensors of ``output_names`` (from predict's dict, or its one tensor).
-
-    EoMT's masked-attention probabilities are read once here: the graph fixes them (it cannot
-    branch on a buffer's values).
-    """
-
-    def __init__(self, model, output_names):
-        super().__init__()
-        self.model = model
-        self.output_names = output_names
-        self.predict_kwargs = {}
-        if hasattr(model, "attn_mask_probs"):
-            self.predict_kwargs["attn_mask_probs"] = model.attn_mask_probs.tolist()
-
-    def forward(self, images):
-        outputs = self.model.predict(images, **self.predict_kwargs)
-        if isinstance(outputs, torch.Tensor):
-            return outputs
-        return tuple(outputs[name] for name in self.output_names)
-
-
-def mask_rcnn_inference(model, images, image_size, output_names):
-    """detectron2's ``GeneralizedRCNN.inference`` from the normalised, padded image to the ROI
-    heads' ``Instances``, before ``detector_postprocess``: images (1, 3, H, W) and image_size
-    (2,) int64, the (h, w) of the image inside the padding -> the tensors of ``output_names``:
-    pred_boxes (N, 4) in input pixels, scores (N,), pred_classes (N,) and, with MODEL.MASK_ON,
-    pred_masks (N, 1, M, M) mask probabilities of each box."""
-    from detectron2.structures import ImageList
-
-    image_list = ImageList(images, [(image_size[0], image_size[1])])
-    features = model.backbone(images)
-    proposals, _ = model.proposal_generator(image_list, features, None)
-    instances = model.roi_heads(image_list, features, proposals, None)[0][0]
-    fields = dict(instances.get_fields(), pred_boxes=instances.pred_boxes.tensor)
-    return tuple(fields[name] for name in output_names)
 
 
 def fixed_size_reason(cfg, fmt):
@@ -110,36 +62,31 @@ def fixed_size_reason(cfg, fmt):
     if getattr(DINO_ARCHS.get(cfg.MODEL.DINO.ARCH), "family", "").startswith("dinov2"):
         return (f"MODEL.DINO.ARCH={cfg.MODEL.DINO.ARCH!r}: DINOv2 position embeddings are "
                 "resampled to a patch grid of Python integers, which fixes the exported size")
-    if (fmt == "torch_export" and cfg.MODEL.META_ARCHITECTURE == "DinoMask2Former"
-            and cfg.MODEL.BACKBONE.NAME in DINO_VIT_BACKBONES):
-        return ("torch.export cannot load back the saved program of the Mask2Former-style head "
-                "on a DINO ViT with a symbolic size (a split of the ViT's RoPE); --format onnx "
-                "is dynamic")
-    return None
+    export = capabilities(cfg).export
+    return export.fixed_size_reason(cfg, fmt) if export is not None else None
 
 
 def check_exportable(cfg, fmt, dynamic, opset=ONNX_OPSET):
     """Raise ``ExportError`` for a config that cannot be exported in ``fmt`` ("onnx" or
     "torch_export"), with ``dynamic`` H and W or at a fixed size, at ONNX ``opset``, before any
     model is built."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch not in EXPORTABLE:
-        why = f" ({NOT_EXPORTABLE[arch]})" if arch in NOT_EXPORTABLE else ""
-        raise ExportError(f"MODEL.META_ARCHITECTURE={arch!r} cannot be exported{why}; "
-                          f"exportable: {', '.join(EXPORTABLE)}.")
+    caps = capabilities(cfg)
+    if caps.export is None:
+        raise ExportError(not_exportable_message(caps))
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}.")
-    if arch == "GeneralizedRCNN" and fmt == "torch_export":
-        raise ExportError("Mask R-CNN (GeneralizedRCNN) exports to ONNX only: detectron2's RPN "
-                          "and box head branch on tensor values, which torch.export cannot "
-                          "capture; use --format onnx.")
+    export = caps.export
+    if fmt not in export.formats:
+        why = f": {export.formats_reason}" if export.formats_reason else ""
+        raise ExportError(f"{caps.name} exports to {', '.join(export.formats)} only{why}; use "
+                          f"--format {export.formats[0]}.")
     if fmt == "onnx" and opset not in ONNX_OPSETS:
         raise ExportError(f"--opset {opset}: choose {ONNX_OPSETS[0]} to {ONNX_OPSETS[-1]} "
                           "(GridSample needs 16 and up, the dynamo exporter writes 18 and up).")
-    if fmt == "onnx" and arch == "GeneralizedRCNN" and opset > TRACED_MAX_OPSET:
-        raise ExportError(f"--opset {opset}: Mask R-CNN is traced by the TorchScript-based "
-                          f"exporter, which writes opset {TRACED_MAX_OPSET} at most; give "
-                          f"--opset {TRACED_MAX_OPSET} or lower.")
+    if fmt == "onnx" and export.max_opset and opset > export.max_opset:
+        raise ExportError(f"--opset {opset}: {caps.name} is traced by the TorchScript-based "
+                          f"exporter, which writes opset {export.max_opset} at most; give "
+                          f"--opset {export.max_opset} or lower.")
     reason = fixed_size_reason(cfg, fmt)
     if dynamic and reason:
         raise ExportError(f"{reason}: give --size H W instead of --dynamic.")
@@ -147,40 +94,19 @@ def check_exportable(cfg, fmt, dynamic, opset=ONNX_OPSET):
 
 def size_multiple(model):
     """The multiple every padded input side must be: what the model's own padding uses."""
-    if hasattr(model, "size_divisibility"):  # EoMT, DinoMask2Former
-        return model.size_divisibility
-    return model.backbone.size_divisibility  # detectron2's R-CNN and SemanticSegmentor
+    return capabilities(model).padding_multiple(model)
 
 
-def build_graph(model, cfg):
-    """(graph module in eval mode, input names, output names) for ``model`` of an exportable
-    META_ARCHITECTURE (``check_exportable``)."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch in MASK_CLASSIFICATION:
-        probs = getattr(model, "attn_mask_probs", torch.zeros(0)).tolist()
-        if any(0 < p < 1 for p in probs):
-            raise ExportError(
-                f"EoMT's attn_mask_probs {probs} (saved with the checkpoint) lie between 0 and "
-                "1: masked attention is then random per query, which a graph cannot reproduce; "
-                "export a checkpoint from before or after the annealing (MODEL.EOMT."
-                "ANNEAL_START_ITERS / ANNEAL_END_ITERS).")
-        names = ["pred_logits", "pred_masks"]
-        return PredictGraph(model, names).eval(), ["images"], names
-    if arch == "DinoSemanticSegmentor":
-        if not hasattr(model.sem_seg_head, "layers"):
-            raise ExportError(f"MODEL.SEM_SEG_HEAD.NAME={cfg.MODEL.SEM_SEG_HEAD.NAME!r} has no "
-                              "`layers` (logits at the feature stride); exportable: "
-                              "DinoLinearSemSegHead.")
-        return PredictGraph(model, ["sem_seg_logits"]).eval(), ["images"], ["sem_seg_logits"]
-    from detectron2.export import TracingAdapter
-
-    names = ["pred_boxes", "scores", "pred_classes"]
-    names += ["pred_masks"] if model.roi_heads.mask_on else []
-    # TracingAdapter traces detectron2's len() of boxes as a tensor size (patch_builtin_len):
-    # the detection count stays dynamic. Its example inputs only give their structure.
-    structure = (torch.zeros(1, 3, 1, 1), torch.zeros(2, dtype=torch.int64))
-    graph = TracingAdapter(model, structure, partial(mask_rcnn_inference, output_names=names))
-    return graph.eval(), ["images", "image_size"], names
+def build_graph(model, cfg=None):
+    """(graph module in eval mode, input names, output names) for an exportable ``model``;
+    ``ExportError`` for a state no graph can hold."""
+    export = capabilities(model).export
+    try:
+        names = export.output_names(model)
+        graph = export.graph(model, names)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+    return graph, list(export.inputs), names
 
 
 def example_inputs(input_names, size):
@@ -193,14 +119,50 @@ def example_inputs(input_names, size):
 
 def largest_test_size(cfg, multiple):
     """The square of INPUT.MAX_SIZE_TEST rounded up to ``multiple``: every test-time resized
-    image fits in it."""
+    image fits in it (two multiples at least: a dynamic export is traced at this size, which
+    must lie in ``dynamic_shapes``' range)."""
     side = max(2, math.ceil(cfg.INPUT.MAX_SIZE_TEST / multiple)) * multiple
     return side, side
 
 
+def least_padded_side(graph, input_names, run, multiple):
+    """The smallest H and W to give a dynamic ONNX graph ``run`` (``load_graph``'s function):
+    one ``multiple``, the eager model's own padding of a thin image, where the graph equals
+    ``graph`` (the module it was exported from) on images one multiple high and one multiple
+    wide; else two, the least its torch.export program took (``dynamic_shapes``).
+
+    The check is needed because the ONNX file carries no lower bound, but its graph was traced
+    assuming no side is one block: a step that depends on that (a squeeze, a broadcast) would
+    differ or fail there. Traced (TorchScript) graphs are checked the same way."""
+    for size in ((multiple, 3 * multiple), (3 * multiple, multiple)):
+        inputs = example_inputs(input_names, size)
+        try:
+            with torch.no_grad():
+                want = graph(*inputs)
+            got = run(*inputs)
+        except Exception:  # either side refusing the size (ONNX Runtime has its own error types)
+            return 2 * multiple
+        want = [want] if isinstance(want, torch.Tensor) else want
+        for a, b in zip(want, got):
+            if a.shape != b.shape:
+                return 2 * multiple
+            # Far above float rounding, far below what a wrongly specialised step changes.
+            if a.numel() and (a.float() - b.float()).abs().max() > \
+                    1e-3 * max(1.0, a.float().abs().max().item()):
+                return 2 * multiple
+    return multiple
+
+
 def dynamic_shapes(multiple):
-    """H and W symbolic, each ``multiple`` x an integer >= 2 (torch.export fixes a side of one
-    multiple), up to 8192 pixels, as torch.export's ``dynamic_shapes`` of ``images``."""
+    """H and W symbolic, each ``multiple`` x an integer >= 2, up to 8192 pixels, as
+    torch.export's ``dynamic_shapes`` of ``images``.
+
+    Two multiples, not one, because torch.export gives every symbolic size a range from 2 (its
+    0/1 specialisation): ``multiple * Dim(min=1)`` is raised to a block count of 2 with a guard
+    refusing 1, and a plain ``Dim(min=multiple)`` fails on the models' own guards that a patch
+    grid side is not 1 (the memory format of a convolution over a view of the tokens). A
+    program therefore refuses a side of one multiple; the ONNX file converted from it has no
+    such bound and is checked there instead (``least_padded_side``)."""
     blocks = [torch.export.Dim(f"{side}_blocks", min=2, max=max(2, 8192 // multiple))
               for side in ("height", "width")]
     return {"images": {2: multiple * blocks[0], 3: multiple * blocks[1]}}
@@ -224,8 +186,9 @@ def export_model(model, cfg, output_dir, fmt, size=None, opset=ONNX_OPSET):
     inputs = example_inputs(input_names, size or largest_test_size(cfg, multiple))
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, FORMATS[fmt])
+    caps = capabilities(model)
     with torch.no_grad():
-        if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
+        if caps.export.traced:
             # The detection count is dynamic: the trace's count must not become a constant.
             dynamic_axes = {name: {0: "detections"} for name in output_names}
             if size is None:
@@ -253,22 +216,25 @@ def export_model(model, cfg, output_dir, fmt, size=None, opset=ONNX_OPSET):
 
         onnx.checker.check_model(path, full_check=True)
     spec = {
-        "format": fmt, "file": FORMATS[fmt], "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "format": fmt, "file": FORMATS[fmt], "meta_architecture": caps.name,
         "inputs": input_names, "outputs": output_names,
-        # null: any H and W that are multiples of size_divisibility, two multiples at least.
-        "size": list(size) if size else None, "size_divisibility": multiple,
+        # null: any H and W that are multiples of size_divisibility, min_side at least.
+        "size": list(size) if size else None, "size_divisibility": multiple, "min_side": None,
         "input_format": cfg.INPUT.FORMAT, "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
         "pixel_std": list(cfg.MODEL.PIXEL_STD), "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
     }
     if fmt == "onnx":
         spec["onnx_opset"] = opset
-    if "attn_mask_probs" in getattr(graph, "predict_kwargs", {}):
-        spec["attn_mask_probs"] = graph.predict_kwargs["attn_mask_probs"]
-    with open(os.path.join(output_dir, SPEC_FILE), "w") as f:
-        json.dump(spec, f, indent=1)
-    with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
-        f.write(cfg.dump())
+    if size is None:
+        # A side of one multiple where the graph takes it, so that a thin image is padded as
+        # the eager model pads it (more padding changes what a ViT attends to).
+        spec["min_side"] = 2 * multiple if fmt == "torch_export" else least_padded_side(
+            graph, input_names, load_graph(output_dir, spec), multiple)
+    constants = caps.export.graph_constants(model)  # e.g. EoMT's attention-mask probabilities
+    if constants:
+        spec["graph_constants"] = constants
+    write_spec(output_dir, spec, cfg)
     return spec
 
 
@@ -276,10 +242,7 @@ def difference_from_eager(model, cfg, export_dir, sizes):
     """Largest absolute difference between the export's outputs and the eager model's on a
     random normalised image of each of ``sizes`` ((H, W) each); outputs whose shapes differ
     (a detection count) count as infinite."""
-    from .runtime import load_graph
-
-    with open(os.path.join(export_dir, SPEC_FILE)) as f:
-        spec = json.load(f)
+    spec = read_spec(export_dir)
     graph = build_graph(model, cfg)[0]
     run = load_graph(export_dir, spec)
     worst = 0.0

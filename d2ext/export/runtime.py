@@ -7,20 +7,16 @@ meta-architecture's own post-processing functions.
     predictor = ExportedPredictor("out/eomt")   # detectron2's DefaultPredictor
     outputs = predictor(cv2.imread("photo.jpg"))  # {"instances": Instances} at the photo's size
 """
-import json
 import os
 
 import torch
 import torch.nn.functional as F
 from detectron2.engine import DefaultPredictor
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Boxes, Instances
 
 from ..data.dataset_mappers.lsj_augmentation import ResizeShortestEdge
 from ..engine.defaults import setup_cfg
-from ..modeling.meta_arch.dino_semantic_segmentor import resample_logits
-from ..modeling.postprocessing import MaskFormerInference
-from .exporter import CONFIG_FILE, MASK_CLASSIFICATION, SPEC_FILE
+from ..modeling.meta_arch import capabilities
+from .spec import config_path, read_spec
 
 
 def load_graph(export_dir, spec, providers=None, session_options=None):
@@ -57,27 +53,27 @@ class ExportedModel:
     "sem_seg", "panoptic_seg" as configured), so detectron2's ``inference_on_dataset`` and
     evaluators take it unchanged. Images run one at a time.
 
-    Each image is normalised and zero-padded as the eager model does it, to the padding
-    multiple for a dynamic export (and to two multiples at least: a graph's side of one
-    multiple would be fixed). A fixed-size export pads every image to its size instead,
-    which is more padding than the eager model adds to a smaller image (the ViT then sees extra
-    zero tokens), and refuses a larger image.
+    Each image is normalised and zero-padded as the eager model does it: each side to the
+    padding multiple, in a dynamic export to the spec's ``min_side`` at least. That is one
+    multiple for an ONNX file, which the exporter checked equals eager there
+    (``exporter.least_padded_side``): its outputs are the eager model's at any size. Padding
+    beyond eager's changes the outputs (a ViT attends to the extra zero-padded patches too;
+    cropping the graph's outputs back cannot undo that), which happens:
+    - for a ``torch_export`` program, which takes two multiples at least
+      (``exporter.dynamic_shapes``; so does an ONNX file that failed the check or has no
+      ``min_side``): a side that the test-time resize leaves within one multiple (a thin image)
+      gets one more multiple of padding than eager adds;
+    - for a fixed-size export, which pads every image to its size (and refuses a larger one).
     """
 
     def __init__(self, export_dir, providers=None, session_options=None):
-        spec_path = os.path.join(export_dir, SPEC_FILE)
-        if not os.path.isfile(spec_path):
-            raise FileNotFoundError(f"{export_dir}: no {SPEC_FILE} there; write the folder with "
-                                    "tools/export_model.py.")
-        with open(spec_path) as f:
-            self.spec = json.load(f)
-        self.cfg = setup_cfg(os.path.join(export_dir, CONFIG_FILE))
+        self.spec = read_spec(export_dir)
+        self.cfg = setup_cfg(config_path(export_dir))
         self.run = load_graph(export_dir, self.spec, providers, session_options)
         self.pixel_mean = torch.tensor(self.spec["pixel_mean"]).view(-1, 1, 1)
         self.pixel_std = torch.tensor(self.spec["pixel_std"]).view(-1, 1, 1)
-        arch = self.spec["meta_architecture"]
-        self.mask_postprocessor = MaskFormerInference(self.cfg) \
-            if arch in MASK_CLASSIFICATION else None
+        # The eager model's own post-processing of the graph's raw outputs.
+        self.postprocessor = capabilities(self.cfg).export.postprocessor(self.cfg)
 
     def padded_size(self, image_size):
         """(H, W) the graph takes for an image of ``image_size`` (h, w)."""
@@ -88,8 +84,9 @@ class ExportedModel:
                                  f"export's fixed size {size[0]}x{size[1]}: export again with a "
                                  "larger --size, or --dynamic.")
             return size
-        multiple = self.spec["size_divisibility"]  # two at least: exporter.dynamic_shapes
-        return tuple(max(2, -(-side // multiple)) * multiple for side in image_size)
+        multiple = self.spec["size_divisibility"]
+        least = self.spec.get("min_side") or 2 * multiple  # an export written without it: two
+        return tuple(max(least, -(-side // multiple) * multiple) for side in image_size)
 
     def preprocess(self, image):
         """(3, h, w) image in pixel values -> the graph's normalised, padded (1, 3, H, W)."""
@@ -115,18 +112,7 @@ class ExportedModel:
         """The graph's outputs (name -> tensor) for one image of ``image_size`` (h, w) padded to
         ``padded_size`` -> the eager model's output dict at ``output_size``, by the functions
         its inference calls."""
-        arch = self.spec["meta_architecture"]
-        if arch in MASK_CLASSIFICATION:  # EoMT.postprocess and DinoMask2Former.postprocess
-            return self.mask_postprocessor(raw["pred_logits"][0], raw["pred_masks"][0],
-                                           padded_size, image_size, output_size)
-        if arch == "DinoSemanticSegmentor":  # DinoSemanticSegmentor.forward
-            logits = raw["sem_seg_logits"][0]
-            stride = padded_size[0] // logits.shape[-2]
-            return {"sem_seg": resample_logits(logits, stride, image_size, output_size)}
-        # GeneralizedRCNN._postprocess
-        fields = dict(raw, pred_boxes=Boxes(raw["pred_boxes"]))
-        instances = Instances(image_size, **fields)
-        return {"instances": detector_postprocess(instances, *output_size)}
+        return self.postprocessor(raw, padded_size, image_size, output_size)
 
 
 class ExportedPredictor(DefaultPredictor):

@@ -32,6 +32,22 @@ def read_metrics(path):
     return series
 
 
+# A PNG text chunk on every plot: a --plot-dir file at a plot's path is replaced only if it
+# carries it, so a user's own losses.png there is never lost.
+PLOT_MARK = ("Software", "d2ext tools/plot_metrics.py")
+
+
+def is_metrics_plot(path):
+    """Whether ``path`` is a PNG that :func:`plot_metrics` wrote (it carries PLOT_MARK)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get(PLOT_MARK[0]) == PLOT_MARK[1]
+    except (OSError, ValueError):  # a folder, not an image
+        return False
+
+
 def _plot(path, title, ylabel, curves):
     import matplotlib
 
@@ -50,29 +66,43 @@ def _plot(path, title, ylabel, curves):
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata=dict([PLOT_MARK]))
     plt.close(fig)
 
 
 def plot_metrics(output_dir, plot_dir=None):
     """Write ``losses.png``, ``pixel_accuracy.png``, ``miou.png`` and ``ap.png`` into
     ``plot_dir`` (default ``output_dir/plots``) from ``output_dir/metrics.json``; series absent
-    from the file are skipped. Returns the paths written."""
+    from the file are skipped. Returns the paths written.
+
+    ``output_dir/plots`` is this function's own folder: its plots are replaced. In another
+    ``plot_dir`` an existing file is replaced only if it is such a plot (PLOT_MARK); any other
+    raises FileExistsError before anything is written."""
     metrics_file = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(metrics_file):
         raise FileNotFoundError(f"{metrics_file} does not exist: give the OUTPUT_DIR of a "
                                 "training run (detectron2 writes metrics.json there).")
     series = read_metrics(metrics_file)
-    plot_dir = plot_dir or os.path.join(output_dir, "plots")
+    own = os.path.join(output_dir, "plots")
+    plot_dir = plot_dir or own
     os.makedirs(plot_dir, exist_ok=True)
     plots = {"losses": ("Losses", "loss", sorted(k for k in series if "loss" in k))}
     plots.update(METRIC_PLOTS)
-    written = []
+    todo = {}
     for name, (title, ylabel, keys) in plots.items():
         curves = {k: series[k] for k in keys if k in series}
         if curves:
-            written.append(os.path.join(plot_dir, name + ".png"))
-            _plot(written[-1], title, ylabel, curves)
+            todo[os.path.join(plot_dir, name + ".png")] = (title, ylabel, curves)
+    if os.path.realpath(plot_dir) != os.path.realpath(own):
+        in_the_way = [p for p in todo if os.path.lexists(p) and not is_metrics_plot(p)]
+        if in_the_way:
+            raise FileExistsError(f"{', '.join(in_the_way)}: not written by "
+                                  "tools/plot_metrics.py, so not replaced; choose another "
+                                  "--plot-dir")
+    written = []
+    for path, (title, ylabel, curves) in todo.items():
+        written.append(path)
+        _plot(path, title, ylabel, curves)
     logger.info(f"Training curves written: {written}" if written else
                 f"{metrics_file}: no losses or metrics to plot")
     return written

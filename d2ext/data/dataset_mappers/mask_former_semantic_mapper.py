@@ -8,6 +8,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
+from ..image_io import read_image_any
 from .lsj_augmentation import build_lsj_augmentation
 
 
@@ -33,12 +34,14 @@ class MaskFormerSemanticDatasetMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_any(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         if "sem_seg_file_name" not in dataset_dict:
             raise ValueError(f"{dataset_dict['file_name']}: no 'sem_seg_file_name'; "
                              "MaskFormerSemanticDatasetMapper needs semantic labels.")
-        # float64: resizing works on it (not on int64); labels stay exact under nearest.
+        # Class ids, not an image: detectron2's reader keeps 16-bit ids as they are, where the
+        # image reader would rescale them. float64: resizing works on it (not on int64); labels
+        # stay exact under nearest.
         sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype("double")
         if sem_seg.ndim == 3:
             sem_seg = sem_seg[..., 0]

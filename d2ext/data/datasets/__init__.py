@@ -1,17 +1,40 @@
 from detectron2.data import MetadataCatalog
 
-from .coco_instances import DatasetError, load_coco_instances, register_coco_dataset
-from .synthetic_shapes import SYNTHETIC_CLASSES, register_synthetic_shapes
+from .coco_instances import (
+    DatasetError,
+    coco_class_metadata,
+    load_coco_instances,
+    read_categories,
+    register_coco_dataset,
+)
+
 # Semantic segmentation datasets.
 from .sem_seg_folders import load_sem_seg_folders, register_sem_seg_dataset
 from .synthetic_sem_seg import register_synthetic_sem_seg
+from .synthetic_shapes import SYNTHETIC_CLASSES, register_synthetic_shapes
+
+__all__ = ["DatasetError", "SYNTHETIC_CLASSES", "coco_class_metadata", "evaluation_thing_classes",
+           "load_coco_instances", "load_sem_seg_folders", "read_categories",
+           "register_coco_dataset", "register_datasets_from_cfg", "register_sem_seg_dataset",
+           "register_synthetic_sem_seg", "register_synthetic_shapes"]
 
 
-def test_thing_classes(cfg):
-    """The class names of the first test dataset ([] without one): zero-training models number
-    their classes as it does, so COCOEvaluator maps their predictions to its categories."""
+def evaluation_thing_classes(cfg):
+    """The class names of the first test dataset ([] without one, or when they are unknown
+    before it is loaded): zero-training models number their classes as it does, so that
+    COCOEvaluator maps their predictions to its categories.
+
+    d2ext registers COCO jsons with their classes; a COCO dataset registered otherwise
+    (detectron2's ``register_coco_instances`` sets them only when it loads) is named by the
+    "categories" of its metadata's json_file, in the order ``load_coco_json`` gives them."""
     names = list(cfg.DATASETS.TEST)[:1]
-    return list(getattr(MetadataCatalog.get(names[0]), "thing_classes", [])) if names else []
+    if not names:
+        return []
+    meta = MetadataCatalog.get(names[0])
+    classes = getattr(meta, "thing_classes", None)
+    if classes is None and getattr(meta, "json_file", None):
+        classes = coco_class_metadata(read_categories(meta.json_file) or []).get("thing_classes")
+    return list(classes or [])
 
 
 def _triples(entries, key, fields):
@@ -39,15 +62,6 @@ def _register_sem_seg_from_cfg(cfg):
     register_synthetic_sem_seg(head.IGNORE_VALUE)
     for entry in _triples(cfg.DATASETS.SEM_SEG, "SEM_SEG", "image_dir, mask_dir"):
         register_sem_seg_dataset(*entry, classes=classes, ignore_value=head.IGNORE_VALUE)
-    if cfg.MODEL.META_ARCHITECTURE not in ("SemanticSegmentor", "DinoSemanticSegmentor"):
-        return
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        named = getattr(MetadataCatalog.get(name), "stuff_classes", None)
-        if named is not None and len(named) != head.NUM_CLASSES:
-            raise DatasetError(
-                f"dataset {name!r} has {len(named)} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES "
-                f"is {head.NUM_CLASSES}; make them agree (DATASETS.SEM_SEG_CLASSES names the "
-                "classes of DATASETS.SEM_SEG datasets).")
 
 
 register_synthetic_shapes()  # default sizes, so the names exist as soon as d2ext is imported

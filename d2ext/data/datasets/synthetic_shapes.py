@@ -131,5 +131,7 @@ def register_synthetic_shapes(root=None, num_train=200, num_val=50, image_size=1
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, load)
+        # generated_on_load: its files are made on first use, so none need exist before.
         MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
-                                      evaluator_type="coco", thing_classes=SYNTHETIC_CLASSES)
+                                      evaluator_type="coco", thing_classes=SYNTHETIC_CLASSES,
+                                      generated_on_load=True)

@@ -1,40 +1,21 @@
 """DINOv3's ConvNeXt backbones (transformers' ``DINOv3ConvNextModel``) as detectron2 backbones:
 the four stages at strides 4-32 (``res2``..``res5``), and an FPN on them for R-CNN heads."""
-from dataclasses import dataclass
-
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
+# The table lives in archs so that the weight loader can read it without importing this module
+# (which imports the loader); older imports of these names from here still work.
+from .archs import DINO_CONVNEXT_ARCHS, ConvNextArch
 from .dino_weights import load_dino_weights
 
 STAGES = ("res2", "res3", "res4", "res5")
 STRIDES = (4, 8, 16, 32)
 
 
-@dataclass(frozen=True)
-class ConvNextArch:
-    widths: tuple
-    depths: tuple
-    hub_id: str = ""
-
-
-_HUB = "facebook/dinov3-convnext-{}-pretrain-lvd1689m"
-DINO_CONVNEXT_ARCHS = {
-    "dinov3_convnext_tiny": ConvNextArch((96, 192, 384, 768), (3, 3, 9, 3), _HUB.format("tiny")),
-    "dinov3_convnext_small": ConvNextArch((96, 192, 384, 768), (3, 3, 27, 3),
-                                          _HUB.format("small")),
-    "dinov3_convnext_base": ConvNextArch((128, 256, 512, 1024), (3, 3, 27, 3),
-                                         _HUB.format("base")),
-    "dinov3_convnext_large": ConvNextArch((192, 384, 768, 1536), (3, 3, 27, 3),
-                                          _HUB.format("large")),
-    # A tiny random-weight architecture for tests and CPU quickstarts.
-    "dinov3_convnext_test": ConvNextArch((16, 32, 64, 128), (1, 1, 2, 1)),
-}
-
-
 def build_hf_convnext(arch: ConvNextArch, drop_path_rate=0.0):
+    # lazy: import d2ext stays light
     from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel
 
     return DINOv3ConvNextModel(DINOv3ConvNextConfig(
@@ -49,10 +30,14 @@ class DinoConvNextBackbone(Backbone):
     stages named ``out_features`` of ``res2``..``res5`` (strides 4, 8, 16, 32); ``res5`` gets the
     model's final LayerNorm, the others are the raw stage outputs, as Meta's
     ``ConvNeXt.get_intermediate_layers(n=4, norm=True)`` returns them for dense tasks.
+
+    ``freeze_blocks`` (MODEL.DINO.FREEZE_BLOCKS, named as for the ViT) counts stages here, each
+    with its downsampling layer: 0 trains everything, N > 0 freezes the first N stages, -1 every
+    stage (the final LayerNorm stays trainable).
     """
 
     def __init__(self, arch="dinov3_convnext_tiny", weights="", out_features=STAGES,
-                 freeze_stages=0, drop_path_rate=0.0):
+                 freeze_blocks=0, drop_path_rate=0.0):
         super().__init__()
         if arch not in DINO_CONVNEXT_ARCHS:
             raise ValueError(f"MODEL.DINO.ARCH: {arch!r} is not a ConvNeXt; the ConvNeXt "
@@ -66,7 +51,7 @@ class DinoConvNextBackbone(Backbone):
         if weights:
             load_dino_weights(self.convnext, weights, arch_name=arch)
         stages = self.convnext.model.stages
-        for stage in list(stages)[:freeze_stages] if freeze_stages >= 0 else stages:
+        for stage in list(stages)[:freeze_blocks] if freeze_blocks >= 0 else stages:
             for p in stage.parameters():
                 p.requires_grad_(False)
         self._out_features = list(out_features)
@@ -97,7 +82,7 @@ class DinoConvNextBackbone(Backbone):
         d = cfg.MODEL.DINO
         return dict(arch=d.ARCH, weights=d.WEIGHTS,
                     out_features=tuple(out_features or d.CONVNEXT_OUT_FEATURES),
-                    freeze_stages=d.FREEZE_BLOCKS, drop_path_rate=d.DROP_PATH_RATE)
+                    freeze_blocks=d.FREEZE_BLOCKS, drop_path_rate=d.DROP_PATH_RATE)
 
 
 @BACKBONE_REGISTRY.register()

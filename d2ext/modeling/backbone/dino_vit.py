@@ -2,7 +2,6 @@
 import logging
 import math
 import re
-from dataclasses import dataclass
 from types import MethodType
 
 import torch
@@ -10,73 +9,27 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...errors import UserError
+from ...utils.memory import available_memory
+
+# The tables live in archs so that the weight loader and the converters can read them without
+# importing this module (which imports them); older imports of these names from here still work.
+from .archs import DINO_ARCHS, DINO_STRIDE, DinoArch
 from .dino_weights import load_dino_weights
 
 logger = logging.getLogger(__name__)
 
-# The grid every d2ext backbone presents to detectron2, whatever the ViT's patch size.
-DINO_STRIDE = 16
 # A block's parameters in transformers' ViTs: "...layer.<i>...." (DINOv2 and DINOv3 alike).
 _BLOCK_PARAM = re.compile(r"(?:^|\.)layer\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class DinoArch:
-    family: str  # "dinov2", "dinov2_reg" or "dinov3"
-    width: int
-    depth: int
-    heads: int
-    patch: int
-    mlp: int  # hidden width of the MLP (gated MLPs: of each branch)
-    gated: bool = False  # SwiGLU MLP
-    hub_id: str = ""  # the official transformers weights for this architecture
-    qkv_bias: bool = True  # query and value biases (DINOv3 has no key bias; the 7B none at all)
-
-    @property
-    def num_prefix_tokens(self):
-        return 1 + (0 if self.family == "dinov2" else 4)
-
-
-def _v2(width, depth, heads, hub, gated=False, reg=False):
-    return DinoArch("dinov2_reg" if reg else "dinov2", width, depth, heads, 14, 4 * width, gated,
-                    hub)
-
-
-def _v3(width, depth, heads, mlp, hub, gated=False, qkv_bias=True):
-    return DinoArch("dinov3", width, depth, heads, 16, mlp, gated, hub, qkv_bias)
-
-
-_V3_HUB = "facebook/dinov3-{}-pretrain-lvd1689m"
-DINO_ARCHS = {
-    "dinov2_vits14": _v2(384, 12, 6, "facebook/dinov2-small"),
-    "dinov2_vitb14": _v2(768, 12, 12, "facebook/dinov2-base"),
-    "dinov2_vitl14": _v2(1024, 24, 16, "facebook/dinov2-large"),
-    "dinov2_vitg14": _v2(1536, 40, 24, "facebook/dinov2-giant", gated=True),
-    "dinov2_vits14_reg": _v2(384, 12, 6, "facebook/dinov2-with-registers-small", reg=True),
-    "dinov2_vitb14_reg": _v2(768, 12, 12, "facebook/dinov2-with-registers-base", reg=True),
-    "dinov2_vitl14_reg": _v2(1024, 24, 16, "facebook/dinov2-with-registers-large", reg=True),
-    "dinov2_vitg14_reg": _v2(1536, 40, 24, "facebook/dinov2-with-registers-giant", True, True),
-    "dinov3_vits16": _v3(384, 12, 6, 1536, _V3_HUB.format("vits16")),
-    "dinov3_vitsplus16": _v3(384, 12, 6, 1536, _V3_HUB.format("vits16plus"), gated=True),
-    "dinov3_vitb16": _v3(768, 12, 12, 3072, _V3_HUB.format("vitb16")),
-    "dinov3_vitl16": _v3(1024, 24, 16, 4096, _V3_HUB.format("vitl16")),
-    "dinov3_vithplus16": _v3(1280, 32, 20, 5120, _V3_HUB.format("vith16plus"), gated=True),
-    "dinov3_vit7b16": _v3(4096, 40, 32, 8192, _V3_HUB.format("vit7b16"), gated=True,
-                          qkv_bias=False),
-    # Tiny random-weight architectures for tests and the CPU quickstart.
-    "dinov2_tiny14": DinoArch("dinov2", 64, 4, 2, 14, 128),
-    "dinov2_tiny14_reg": DinoArch("dinov2_reg", 64, 4, 2, 14, 128),
-    "dinov3_tiny16": DinoArch("dinov3", 64, 4, 2, 16, 128),
-}
 
 
 def _meta_dinov2_interpolate_pos_encoding(self, embeddings, height, width):
     """DINOv2's position embeddings for a ``height`` x ``width`` image as Meta's DINOv2 resamples
     them: bicubic with the scale factor ``(grid + 0.1) / native grid`` (the "interpolate_offset"
     every DINOv2 model without registers was trained and evaluated with). transformers'
-    ``Dinov2Model`` resamples to the size instead, which moves its patch tokens by up to 6e-2 from
-    Meta's at any grid other than the native 37 x 37; the with-registers models use size and
-    antialiasing in both, so they are left to transformers."""
+    ``Dinov2Model`` resamples to the size instead, which samples the table at other points and so
+    moves its patch tokens away from Meta's at any grid other than the native 37 x 37; the
+    with-registers models use size and antialiasing in both, so they are left to transformers."""
     num_positions = self.position_embeddings.shape[1] - 1
     if embeddings.shape[1] - 1 == num_positions and height == width:
         return self.position_embeddings
@@ -92,9 +45,17 @@ def _meta_dinov2_interpolate_pos_encoding(self, embeddings, height, width):
 
 def build_hf_vit(arch: DinoArch, drop_path_rate=0.0):
     """A randomly initialised transformers ViT of the given architecture (DINOv2 without
-    registers: with Meta's position-embedding resampling, ``_meta_dinov2_interpolate_pos_encoding``)."""
-    from transformers import (Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig,
-                              Dinov2WithRegistersModel, DINOv3ViTConfig, DINOv3ViTModel)
+    registers: with Meta's position-embedding resampling,
+    ``_meta_dinov2_interpolate_pos_encoding``)."""
+    # lazy: import d2ext stays light
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+        DINOv3ViTConfig,
+        DINOv3ViTModel,
+    )
 
     common = dict(hidden_size=arch.width, num_hidden_layers=arch.depth,
                   num_attention_heads=arch.heads, patch_size=arch.patch,
@@ -211,9 +172,27 @@ class DinoViTBackbone(Backbone):
     @classmethod
     def from_config(cls, cfg):
         d = cfg.MODEL.DINO
+        check_memory(d.ARCH, cfg.MODEL.DEVICE)
         return dict(arch=d.ARCH, weights=d.WEIGHTS, out_blocks=tuple(d.OUT_BLOCKS),
                     freeze_blocks=d.FREEZE_BLOCKS, drop_path_rate=d.DROP_PATH_RATE,
                     gradient_checkpointing=d.GRADIENT_CHECKPOINTING)
+
+
+def check_memory(arch, device):
+    """Stop before building ``arch`` when its float32 weights alone exceed the free memory of
+    the CPU (where the model is built) or of ``device`` (where it runs), naming both figures."""
+    if arch not in DINO_ARCHS:
+        return  # DinoViTBackbone names the unknown architecture
+    params = DINO_ARCHS[arch].num_parameters
+    need = 4 * params
+    for where in dict.fromkeys(("cpu", device)):
+        free = available_memory(where)
+        if free is not None and need > free:
+            raise UserError(
+                f"MODEL.DINO.ARCH {arch} needs about {need / 1e9:.1f} GB for its float32 weights "
+                f"({params / 1e9:.2f} B parameters; full fine-tuning adds {12 * params / 1e9:.0f} "
+                f"GB for gradients and AdamW), but {where} has {free / 1e9:.1f} GB free: choose a "
+                "smaller MODEL.DINO.ARCH or a machine with more memory.")
 
 
 @BACKBONE_REGISTRY.register()

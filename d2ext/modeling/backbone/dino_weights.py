@@ -6,10 +6,19 @@ from collections import Counter
 
 import torch
 
-from ..converters.dino_meta import (MetaCheckpointError, convert_meta_convnext,
-                                    convert_meta_dino, describe_hf, describe_hf_convnext,
-                                    describe_meta, describe_meta_convnext, meta_convnext_prefix,
-                                    meta_prefix)
+from ...errors import UserError
+from ..converters.dino_meta import (
+    MetaCheckpointError,
+    convert_meta_convnext,
+    convert_meta_dino,
+    describe_hf,
+    describe_hf_convnext,
+    describe_meta,
+    describe_meta_convnext,
+    meta_convnext_prefix,
+    meta_prefix,
+)
+from .archs import DINO_ARCHS, DINO_CONVNEXT_ARCHS
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +26,7 @@ _STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-class DinoWeightsError(RuntimeError):
+class DinoWeightsError(UserError, RuntimeError):
     """Pretrained DINO weights could not be found or do not fit the configured architecture."""
 
 
@@ -39,7 +48,7 @@ def _hub_error(weights, arch_name, err):
 
 def _read_state_dict_file(path):
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # lazy: import d2ext stays light
 
         state = load_file(path)
     else:
@@ -72,7 +81,7 @@ _ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention
 
 def _from_pretrained(vit, weights, arch_name):
     """State dict of a save_pretrained directory or hub id, after checking its config fits."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # lazy: import d2ext stays light
 
     try:
         config = AutoConfig.from_pretrained(weights)
@@ -99,12 +108,8 @@ def _from_pretrained(vit, weights, arch_name):
 
 def _fitting_archs(kind, there):
     if kind == "convnext":
-        from .dino_convnext import DINO_CONVNEXT_ARCHS
-
         return [name for name, a in DINO_CONVNEXT_ARCHS.items()
                 if (a.widths, a.depths) == (there["widths"], there["depths"])]
-    from .dino_vit import DINO_ARCHS
-
     return [name for name, a in DINO_ARCHS.items()
             if (a.family, a.width, a.depth, a.patch, a.gated) == tuple(
                 there[k] for k in ("family", "width", "depth", "patch", "gated"))]

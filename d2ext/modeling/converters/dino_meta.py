@@ -35,6 +35,8 @@ import re
 
 import torch
 
+from ...errors import UserError
+
 # The one key every Meta ViT checkpoint has; what precedes it is a wrapper's prefix.
 META_PATCH_KEY = "patch_embed.proj.weight"
 META_CONVNEXT_STEM_KEY = "downsample_layers.0.0.weight"
@@ -43,7 +45,7 @@ _BLOCK = re.compile(r"blocks\.(?:\d+\.)?(\d+)\.(.+)")  # blocks.i.x or chunked b
 DINOV3_ROPE_BASE = 100.0
 
 
-class MetaCheckpointError(ValueError):
+class MetaCheckpointError(UserError):
     """A Meta-layout checkpoint that cannot be mapped onto transformers' model."""
 
 

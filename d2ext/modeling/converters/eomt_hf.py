@@ -4,9 +4,14 @@ tools/convert_hf_eomt.py)."""
 import os
 
 import torch
+from detectron2.modeling import build_model
+
+from ...config import get_d2ext_cfg
+from ...errors import UserError
+from ..backbone.archs import DINO_ARCHS
 
 
-class EomtConversionError(RuntimeError):
+class EomtConversionError(UserError, RuntimeError):
     """A transformers EoMT model could not be found or has no d2ext equivalent."""
 
 
@@ -23,8 +28,12 @@ def _offline_error(src, err):
 
 def load_hf_eomt(src):
     """A transformers EoMT model (eval mode) from a save_pretrained directory or a hub id."""
-    from transformers import (AutoConfig, EomtDinov3ForUniversalSegmentation,
-                              EomtForUniversalSegmentation)
+    # lazy: import d2ext stays light
+    from transformers import (
+        AutoConfig,
+        EomtDinov3ForUniversalSegmentation,
+        EomtForUniversalSegmentation,
+    )
 
     try:
         config = AutoConfig.from_pretrained(src)
@@ -42,8 +51,6 @@ def load_hf_eomt(src):
 
 
 def _find_arch(family, config, mlp, gated, patch):
-    from ..backbone.dino_vit import DINO_ARCHS  # the backbone loads weights through converters
-
     for name, arch in DINO_ARCHS.items():
         if (arch.family, arch.width, arch.depth, arch.heads, arch.mlp, arch.gated) == (
                 family, config.hidden_size, config.num_hidden_layers,
@@ -51,7 +58,7 @@ def _find_arch(family, config, mlp, gated, patch):
                                                             arch.patch == patch):
             return name
     raise EomtConversionError(
-        f"No MODEL.DINO.ARCH in d2ext.modeling.backbone.dino_vit.DINO_ARCHS matches this EoMT's "
+        f"No MODEL.DINO.ARCH in d2ext.modeling.backbone.archs.DINO_ARCHS matches this EoMT's "
         f"ViT ({family}, width {config.hidden_size}, {config.num_hidden_layers} blocks, "
         f"{config.num_attention_heads} heads, MLP {mlp}{', gated' if gated else ''}, patch "
         f"{patch}); add an entry for it to DINO_ARCHS.")
@@ -60,8 +67,6 @@ def _find_arch(family, config, mlp, gated, patch):
 def eomt_cfg_from_hf(hf_config, weights=""):
     """The d2ext config (detectron2 CfgNode) that builds d2ext's EoMT with the architecture of
     the transformers EoMT config ``hf_config``; MODEL.WEIGHTS = ``weights``."""
-    from ...config import get_d2ext_cfg
-
     c = hf_config
     patch = c.patch_size if isinstance(c.patch_size, int) else c.patch_size[0]
     image_size = c.image_size if isinstance(c.image_size, int) else c.image_size[0]
@@ -89,8 +94,6 @@ def eomt_cfg_from_hf(hf_config, weights=""):
     cfg.MODEL.EOMT.NUM_QUERIES = c.num_queries
     cfg.MODEL.EOMT.NUM_BLOCKS = c.num_blocks
     cfg.MODEL.EOMT.NUM_UPSCALE_BLOCKS = c.num_upscale_blocks
-    from ..backbone.dino_vit import DINO_ARCHS
-
     cfg.MODEL.EOMT.PATCH_SIZE = patch if patch != DINO_ARCHS[arch].patch else 0
     cfg.MODEL.EOMT.IMAGE_SIZE = image_size if c.model_type == "eomt" else 0
     cfg.MODEL.EOMT.LAYER_NORM_EPS = c.layer_norm_eps
@@ -152,8 +155,6 @@ def convert_hf_eomt(src, dst):
     """Convert ``src`` (save_pretrained directory or hub id) into the detectron2 checkpoint
     ``dst`` (.pth, {"model": state_dict}) and its config next to it (``dst`` with .yaml).
     Returns (checkpoint path, yaml path)."""
-    from detectron2.modeling import build_model
-
     hf_model = load_hf_eomt(src)
     dst = os.path.abspath(dst if dst.endswith(".pth") else dst + ".pth")
     cfg = eomt_cfg_from_hf(hf_model.config, weights=dst)

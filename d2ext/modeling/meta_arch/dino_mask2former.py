@@ -1,48 +1,69 @@
 """Mask2Former-style universal segmentation on a DINO ViT (or any detectron2 backbone)."""
-import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.structures import ImageList
-from torch import nn
 
 from ..criterion import build_set_criterion
 from ..pixel_decoder import PIXEL_DECODER_REGISTRY
-from ..transformer_decoder import TRANSFORMER_DECODER_REGISTRY
 from ..postprocessing import MaskFormerInference
+from ..transformer_decoder import TRANSFORMER_DECODER_REGISTRY
+from .mask_classification import (
+    MaskClassificationModel,
+    mask_classification_benchmark,
+    mask_classification_capabilities,
+)
+
+# Backbones built on the DINO ViT (the bare ViT, and the ViT with the simple feature pyramid).
+DINO_VIT_BACKBONES = ("build_dino_vit_backbone", "build_dino_sfp_backbone")
+
+
+def _fixed_size_reason(cfg, fmt):
+    if fmt == "torch_export" and cfg.MODEL.BACKBONE.NAME in DINO_VIT_BACKBONES:
+        return ("torch.export cannot load back the saved program of the Mask2Former-style head "
+                "on a DINO ViT with a symbolic size (a split of the ViT's RoPE); --format onnx "
+                "is dynamic")
+    return None
+
+
+def _benchmark_parts(model):
+    modules = {}
+    if hasattr(model.backbone, "net"):  # ViT + simple feature pyramid: split ViT and neck
+        modules["backbone (ViT)"] = model.backbone.net
+        modules["backbone + neck"] = model.backbone
+    else:
+        modules["backbone"] = model.backbone
+    modules["pixel decoder"] = model.pixel_decoder
+    modules["transformer decoder"] = model.transformer_decoder
+    return modules, {"post-processing": "postprocess"}
 
 
 @META_ARCH_REGISTRY.register()
-class DinoMask2Former(nn.Module):
+class DinoMask2Former(MaskClassificationModel):
     """Backbone (e.g. ``build_dino_sfp_backbone``: p2..p5) -> pixel decoder (1/4-resolution
     per-pixel embedding + multi-scale features) -> masked-attention transformer decoder (Q class
     and mask predictions) -> set criterion (training) or instance / semantic / panoptic outputs.
 
-    Input: detectron2's list of dicts with "image" (C, H, W) in MODEL.INPUT.FORMAT, optional
-    "height"/"width" (output size) and, for training, "instances" with ``gt_classes`` and
-    ``gt_masks`` (``BitMasks`` or a (N, H, W) tensor). Images are padded to a multiple of
+    Inputs and outputs: ``MaskClassificationModel``'s; images are padded to a multiple of
     ``size_divisibility`` only (never to a square).
-
-    Output (inference): per image a dict with "instances", "sem_seg", "panoptic_seg" as enabled
-    by MODEL.MASK_FORMER.TEST.*_ON. Training: the criterion's weighted losses.
 
     ``predict(images)``: normalised, padded (N, 3, H, W) -> the decoder's outputs (below); the
     parts can also be run one at a time (``extract_features``, ``decode_pixels``,
     ``decode_queries``, ``postprocess``) to time them separately.
     """
 
+    capabilities = mask_classification_capabilities(
+        fixed_size_reason=_fixed_size_reason,
+        benchmark=mask_classification_benchmark("hf_m2f", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+                                                _benchmark_parts))
+
     @configurable
     def __init__(self, *, backbone, pixel_decoder, transformer_decoder, criterion, postprocessor,
                  pixel_mean, pixel_std, size_divisibility=32, deep_supervision=True):
-        super().__init__()
+        super().__init__(criterion=criterion, postprocessor=postprocessor, pixel_mean=pixel_mean,
+                         pixel_std=pixel_std, size_divisibility=size_divisibility)
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
-        self.criterion = criterion
-        self.postprocessor = postprocessor
-        self.size_divisibility = size_divisibility
         self.deep_supervision = deep_supervision
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -69,16 +90,6 @@ class DinoMask2Former(nn.Module):
             "deep_supervision": mf.DEEP_SUPERVISION,
         }
 
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
-    def preprocess_image(self, batched_inputs):
-        """Normalise and pad to a multiple of ``size_divisibility`` -> ``ImageList``."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
-
     def extract_features(self, images):
         """(N, 3, H, W) -> the backbone's feature dict."""
         return self.backbone(images)
@@ -97,43 +108,8 @@ class DinoMask2Former(nn.Module):
         mask_features, multi_scale = self.decode_pixels(self.extract_features(images))
         return self.decode_queries(multi_scale, mask_features)
 
-    def postprocess(self, outputs, batched_inputs, images):
-        """Per image, the output dict at its original size (see ``MaskFormerInference``)."""
-        results = []
-        padded = tuple(images.tensor.shape[-2:])
-        for logits, masks, x, size in zip(outputs["pred_logits"], outputs["pred_masks"],
-                                          batched_inputs, images.image_sizes):
-            out_size = (x.get("height", size[0]), x.get("width", size[1]))
-            results.append(self.postprocessor(logits, masks, padded, size, out_size))
-        return results
-
-    def prepare_targets(self, batched_inputs, images):
-        targets = []
-        h_pad, w_pad = images.tensor.shape[-2:]
-        for x in batched_inputs:
-            if "instances" not in x:
-                raise ValueError("DinoMask2Former in training mode needs 'instances' in every "
-                                 "input (use d2ext's Mask2Former dataset mappers).")
-            inst = x["instances"].to(self.device)
-            if not inst.has("gt_masks") and len(inst):
-                raise ValueError(
-                    f"{type(self).__name__} trains on masks, but the instances of "
-                    f"{x.get('file_name', 'an input')} have none: set MODEL.MASK_ON True "
-                    "(detectron2's DatasetMapper drops masks without it) or use "
-                    "INPUT.DATASET_MAPPER_NAME mask_former_instance_lsj.")
-            masks = getattr(inst.gt_masks, "tensor", inst.gt_masks) if inst.has("gt_masks") \
-                else torch.zeros((0,) + tuple(inst.image_size), device=self.device)
-            padded = torch.zeros((len(masks), h_pad, w_pad), dtype=torch.float32,
-                                 device=self.device)
-            padded[:, : masks.shape[1], : masks.shape[2]] = masks
-            targets.append({"labels": inst.gt_classes, "masks": padded})
-        return targets
-
-    def forward(self, batched_inputs):
-        images = self.preprocess_image(batched_inputs)
-        outputs = self.predict(images.tensor)
-        if self.training:
-            if not self.deep_supervision:
-                outputs.pop("aux_outputs", None)
-            return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
-        return self.postprocess(outputs, batched_inputs, images)
+    def training_outputs(self, images):
+        outputs = self.predict(images)
+        if not self.deep_supervision:
+            outputs.pop("aux_outputs", None)
+        return outputs

@@ -6,29 +6,37 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.structures import Boxes, Instances
-from torch import nn
 
-from ..backbone.dino_vit import DINO_STRIDE
-from ...data.datasets import test_thing_classes
-from ..mask_ops import mask_boxes, mask_nms, threshold_resized
+from ...data.datasets import evaluation_thing_classes
+from ..backbone.archs import DINO_STRIDE
+from ..mask_ops import mask_nms, threshold_resized
 from ..sam_prompt.decoding import decode_prompts
-from ..sam_prompt.prompts import (PROMPT_METHODS, attention_prompts,
-                                  capture_last_attention_input, clustering_prompts,
-                                  cls_attention_saliency, grid_prompts, prototype_prompts)
-from ..sam_prompt.prototypes import (average_prototypes, collect_references, mask_coverage,
-                                     resize_reference)
+from ..sam_prompt.prompts import (
+    PROMPT_METHODS,
+    attention_prompts,
+    capture_last_attention_input,
+    cls_attention_saliency,
+    clustering_prompts,
+    grid_prompts,
+    prototype_prompts,
+)
+from ..sam_prompt.prototypes import (
+    average_prototypes,
+    collect_references,
+    mask_coverage,
+    resize_reference,
+)
 from ..sam_prompt.sam_models import build_sam_model
+from .capabilities import BenchmarkParts, run_as_detectron2_inputs
+from .prompt_segmentor import PromptSegmentor, prompt_capabilities
 
 
 @META_ARCH_REGISTRY.register()
-class DinoSamPrompt(nn.Module):
+class DinoSamPrompt(PromptSegmentor):
     """Prompts from DINO features, masks from SAM; inference only, nothing is trained.
 
-    Input: detectron2's list of dicts with "image" (3, H, W) in ``input_format`` and optional
-    "height"/"width" (the output size). Output per image: ``{"instances": Instances}`` with
-    ``pred_masks`` (N, height, width) bool, ``pred_boxes``, ``scores`` (N,) sorted descending and
-    ``pred_classes`` (N,): the prototype's class with METHOD "prototypes", else 0.
+    Inputs and outputs: ``PromptSegmentor``'s; ``scores`` sorted descending, ``pred_classes``
+    the prototype's class with METHOD "prototypes", else 0 ("object").
 
     Per image: one DINO pass (stride-16 patch features, ``backbone`` output "vit") and one SAM
     image-encoder pass (the image resized to the encoder's size); the prompts of the chosen
@@ -37,13 +45,18 @@ class DinoSamPrompt(nn.Module):
     IoU, times the mean prototype similarity inside the mask with prototypes.
     """
 
+    capabilities = prompt_capabilities(
+        prompt_methods=True, not_exportable="its prompts are chosen per image in Python loops",
+        benchmark=BenchmarkParts(predict=run_as_detectron2_inputs,
+                                 parts=lambda model: ({"backbone": model.backbone}, {})))
+
     @configurable
     def __init__(self, *, backbone, sam, method="clustering", num_segments=5, points_per_side=16,
                  references=(), class_names=(), min_similarity=0.35, dedup_iou=0.7,
                  score_threshold=0.0, max_instances=100, prompts_per_batch=0,
                  pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375),
                  input_format="RGB", reference_resize=(640, 1024)):
-        super().__init__()
+        super().__init__(input_format)
         if method not in PROMPT_METHODS:
             raise ValueError(f"MODEL.SAM_PROMPT.METHOD={method!r}: choose one of {PROMPT_METHODS}")
         if method == "prototypes" and not references:
@@ -57,7 +70,6 @@ class DinoSamPrompt(nn.Module):
         self.min_similarity, self.dedup_iou = min_similarity, dedup_iou
         self.score_threshold, self.max_instances = score_threshold, max_instances
         self.prompts_per_batch, self.reference_resize = prompts_per_batch, reference_resize
-        self.input_format = input_format
         bgr = input_format == "BGR"  # normalise in RGB order, which DINO and SAM expect
         mean, std = torch.tensor(pixel_mean), torch.tensor(pixel_std)
         self.register_buffer("pixel_mean", (mean.flip(0) if bgr else mean).view(3, 1, 1), False)
@@ -75,7 +87,7 @@ class DinoSamPrompt(nn.Module):
             references, class_names = collect_references(
                 sp.PROTOTYPE_DATASET, sp.PROTOTYPE_SHOTS,
                 [list(r) for r in sp.PROTOTYPE_REFERENCES], sp.PROTOTYPE_CLASSES,
-                index_names=test_thing_classes(cfg))
+                index_names=evaluation_thing_classes(cfg))
         sam = build_sam_model(sp.SAM_TYPE, sp.SAM_CHECKPOINT)  # first: a missing file fails fast
         return dict(backbone=build_backbone(cfg), sam=sam,
                     method=sp.METHOD, num_segments=sp.NUM_SEGMENTS,
@@ -90,12 +102,6 @@ class DinoSamPrompt(nn.Module):
     @property
     def device(self):
         return self.pixel_mean.device
-
-    def forward(self, batched_inputs):
-        if self.training:
-            raise RuntimeError("DinoSamPrompt has nothing to train: evaluate it with "
-                               "tools/train_net.py --eval-only, or run tools/demo.py")
-        return [{"instances": self.inference_one(x)} for x in batched_inputs]
 
     @torch.no_grad()
     def dino_features(self, image_rgb, with_saliency=False):
@@ -153,23 +159,20 @@ class DinoSamPrompt(nn.Module):
         return prototype_prompts(features, self.prototypes, size, self.min_similarity)
 
     def inference_one(self, record):
-        image = record["image"].to(self.device).float()
-        if self.input_format == "BGR":
-            image = image.flip(0)
+        image = self.rgb_image(record)
         height, width = image.shape[-2:]
         out_size = (record.get("height", height), record.get("width", width))
         prompts, similarity = self.make_prompts(image)
         if len(prompts) == 0:
-            return _empty_instances(out_size, self.device)
+            return self.make_instances(out_size, None, None, None)
         # Cell centres of a partial last row / column of the stride-16 grid lie past the edge.
         prompts.points[..., 0].clamp_(max=width - 1)
         prompts.points[..., 1].clamp_(max=height - 1)
         embedding, sam_size = self.sam_embedding(image)
         scale = torch.tensor([sam_size[1] / width, sam_size[0] / height], device=self.device)
         boxes = None if prompts.boxes is None else prompts.boxes * scale.repeat(2)
-        # 0 = by device: on a CPU small batches keep each batch's (B, 4096, 256) image tokens
-        # in cache-sized memory; a GPU wants many.
-        batch = self.prompts_per_batch or (64 if self.device.type == "cuda" else 8)
+        # Each prompt of a batch carries its own (4096, 256) copy of the image tokens.
+        batch = self.per_call(self.prompts_per_batch, cuda=64, other=8)
         logits, iou = decode_prompts(self.sam, embedding, prompts.points * scale, prompts.labels,
                                      boxes, batch, image_size=sam_size)
         # Low-res logits (4x SAM's embedding grid) over the grid cells covering the image; keep
@@ -184,18 +187,13 @@ class DinoSamPrompt(nn.Module):
         keep = ((scores > self.score_threshold) & masks.flatten(1).any(1)).nonzero()[:, 0]
         keep = keep[mask_nms(masks[keep], scores[keep], self.dedup_iou)][:self.max_instances]
         if len(keep) == 0:
-            return _empty_instances(out_size, self.device)
+            return self.make_instances(out_size, None, None, None)
         full = threshold_resized(logits[keep], lambda x: F.interpolate(
             x[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0],
             out_size, self.sam.mask_threshold)
-        instances = Instances(out_size)
-        instances.pred_masks = full
-        instances.pred_boxes = Boxes(mask_boxes(full))
-        instances.scores = scores[keep]
-        instances.pred_classes = (self.prototype_classes[prompts.classes[keep]]
-                                  if similarity is not None
-                                  else torch.zeros(len(keep), dtype=torch.long, device=self.device))
-        return instances
+        classes = (self.prototype_classes[prompts.classes[keep]] if similarity is not None
+                   else torch.zeros(len(keep), dtype=torch.long, device=self.device))
+        return self.make_instances(out_size, full, scores[keep], classes)
 
 
 def _mean_similarity_in_masks(similarity, classes, masks, image_size):
@@ -210,11 +208,3 @@ def _mean_similarity_in_masks(similarity, classes, masks, image_size):
     mean = (per_pixel[classes] * weights).sum((1, 2)) / weights.sum((1, 2)).clamp(min=1)
     return mean.clamp(min=0)
 
-
-def _empty_instances(size, device):
-    instances = Instances(size)
-    instances.pred_masks = torch.zeros((0, *size), dtype=torch.bool, device=device)
-    instances.pred_boxes = Boxes(torch.zeros((0, 4), device=device))
-    instances.scores = torch.zeros(0, device=device)
-    instances.pred_classes = torch.zeros(0, dtype=torch.long, device=device)
-    return instances

@@ -1,9 +1,27 @@
 """detectron2's SemanticSegmentor, with the logits resampled to the output size in one pass."""
-import torch
 from detectron2.modeling import META_ARCH_REGISTRY, SemanticSegmentor
 from detectron2.structures import ImageList
 
 from ..dino_linear_sem_seg_head import bilinear_matrix
+from .capabilities import BenchmarkParts, Capabilities, ExportInterface, PredictGraph
+from .detectron2_models import SEMANTIC, backbone_parts
+
+
+def _semantic_graph(model, output_names):
+    if not hasattr(model.sem_seg_head, "layers"):
+        raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME={type(model.sem_seg_head).__name__!r} has no "
+                         "`layers` (logits at the feature stride); exportable: "
+                         "DinoLinearSemSegHead.")
+    return PredictGraph(model, output_names).eval()
+
+
+def _semantic_postprocessor(cfg):
+    def postprocess(raw, padded_size, image_size, output_size):  # DinoSemanticSegmentor.forward
+        logits = raw["sem_seg_logits"][0]
+        stride = padded_size[0] // logits.shape[-2]
+        return {"sem_seg": resample_logits(logits, stride, image_size, output_size)}
+
+    return postprocess
 
 
 @META_ARCH_REGISTRY.register()
@@ -21,6 +39,12 @@ class DinoSemanticSegmentor(SemanticSegmentor):
 
     Training, and heads without ``layers``, use SemanticSegmentor unchanged.
     """
+
+    capabilities = Capabilities(
+        export=ExportInterface(output_names=lambda model: ["sem_seg_logits"],
+                               graph=_semantic_graph, postprocessor=_semantic_postprocessor),
+        benchmark=BenchmarkParts(predict=lambda model: model.predict, parts=backbone_parts),
+        **SEMANTIC)
 
     def predict(self, images):
         """Normalised, padded (N, 3, H, W) -> (N, K, H/s, W/s) logits at the head's feature

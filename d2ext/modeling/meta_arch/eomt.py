@@ -21,8 +21,12 @@ from torch import nn
 
 from ..backbone.dino_vit import DinoViTBackbone
 from ..criterion import build_set_criterion
-from .dino_mask2former import DinoMask2Former
 from ..postprocessing import MaskFormerInference
+from .mask_classification import (
+    MaskClassificationModel,
+    mask_classification_benchmark,
+    mask_classification_capabilities,
+)
 
 __all__ = ["EoMT", "adapt_vit_for_eomt", "mask_annealing_probs"]
 
@@ -137,13 +141,39 @@ def adapt_vit_for_eomt(backbone, patch_size=0, image_size=0):
     return patch
 
 
+def _graph_constants(model):
+    """A graph cannot branch on a buffer's values: it fixes the masked-attention
+    probabilities, which must be 0 or 1 (random masking in between cannot be reproduced)."""
+    probs = model.attn_mask_probs.tolist()
+    if any(0 < p < 1 for p in probs):
+        raise ValueError(
+            f"EoMT's attn_mask_probs {probs} (saved with the checkpoint) lie between 0 and 1: "
+            "masked attention is then random per query, which a graph cannot reproduce; export "
+            "a checkpoint from before or after the annealing (MODEL.EOMT.ANNEAL_START_ITERS / "
+            "ANNEAL_END_ITERS).")
+    return {"attn_mask_probs": probs}
+
+
+def _load_graph_constants(model, constants):
+    if "attn_mask_probs" in constants:
+        model.attn_mask_probs.copy_(torch.tensor(constants["attn_mask_probs"]))
+
+
+def _trained_state(model):
+    model.attn_mask_probs.zero_()  # annealing ends with masked attention off
+
+
+def _benchmark_parts(model):
+    return ({"upscaler + mask logits (EoMT)": model.upscale_block,
+             "mask head (EoMT)": model.mask_head}, {"post-processing": "postprocess"})
+
+
 @META_ARCH_REGISTRY.register()
-class EoMT(nn.Module):
+class EoMT(MaskClassificationModel):
     """Encoder-only Mask Transformer on a DINOv2 / DINOv3 ViT (``DinoViTBackbone``).
 
-    Input: detectron2's list of dicts with "image" (3, H, W) in INPUT.FORMAT, optional
-    "height"/"width" (output size) and, for training, "instances" with ``gt_classes`` and
-    ``gt_masks``. Any H, W: images are padded only to the patch multiple (never to a square).
+    Inputs and outputs: ``MaskClassificationModel``'s. Any H, W: images are padded only to the
+    patch multiple (never to a square).
 
     ``predict(images)``: normalised (N, 3, H, W) -> class logits (N, Q, K+1) and mask logits
     (N, Q, 4 * ceil(H / p), 4 * ceil(W / p)) for patch size p (masks at 1/4 resolution).
@@ -152,6 +182,12 @@ class EoMT(nn.Module):
     every block with queries.
     """
 
+    capabilities = mask_classification_capabilities(
+        graph_constants=_graph_constants, load_graph_constants=_load_graph_constants,
+        trained_state=_trained_state, lr_factor_func=lambda model, cfg: model.lr_factor_func(cfg),
+        benchmark=mask_classification_benchmark("hf_eomt", "MODEL.EOMT.NUM_QUERIES",
+                                                _benchmark_parts))
+
     @configurable
     def __init__(self, *, backbone, num_classes, num_queries=100, num_blocks=4,
                  num_upscale_blocks=2, patch_size=0, image_size=0, layer_norm_eps=0.0,
@@ -159,7 +195,8 @@ class EoMT(nn.Module):
                  postprocessor=None, pixel_mean=(123.675, 116.28, 103.53),
                  pixel_std=(58.395, 57.12, 57.375), anneal_start_iters=(), anneal_end_iters=(),
                  anneal_power=0.9):
-        super().__init__()
+        super().__init__(criterion=criterion, postprocessor=postprocessor, pixel_mean=pixel_mean,
+                         pixel_std=pixel_std, size_divisibility=1)
         if not isinstance(backbone, DinoViTBackbone):
             raise ValueError("EoMT needs MODEL.BACKBONE.NAME 'build_dino_vit_backbone' (the bare "
                              f"DINO ViT); got {type(backbone).__name__}.")
@@ -171,7 +208,7 @@ class EoMT(nn.Module):
                 len(anneal_start_iters) not in (0, num_blocks):
             raise ValueError("MODEL.EOMT.ANNEAL_START_ITERS / ANNEAL_END_ITERS: give one "
                              f"iteration per block with queries ({num_blocks}) in each, or none "
-                             "(keep ATTN_MASK_PROBS as loaded).")
+                             "(keep the attention-mask probabilities as loaded).")
         self.backbone = backbone
         self.is_dinov3 = backbone.arch.family == "dinov3"
         self.patch_size = adapt_vit_for_eomt(backbone, patch_size, image_size)
@@ -193,11 +230,7 @@ class EoMT(nn.Module):
         # with the model: a trained EoMT has all zeros and then runs without any masks.
         self.register_buffer("attn_mask_probs", torch.ones(num_blocks))
         self.anneal = (tuple(anneal_start_iters), tuple(anneal_end_iters), anneal_power)
-        self.criterion = criterion
-        self.postprocessor = postprocessor
         self.size_divisibility = self.patch_size
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -243,12 +276,6 @@ class EoMT(nn.Module):
     @property
     def final_norm(self):
         return self.backbone.final_norm
-
-    # detectron2 plumbing shared with the Mask2Former-style model (same inputs and outputs).
-    device = DinoMask2Former.device
-    preprocess_image = DinoMask2Former.preprocess_image
-    prepare_targets = DinoMask2Former.prepare_targets
-    postprocess = DinoMask2Former.postprocess
 
     def _predict_heads(self, tokens, grid):
         """Normed tokens (N, Q + prefix + h*w, C) -> (mask logits (N, Q, 4h, 4w), class logits)."""
@@ -316,10 +343,6 @@ class EoMT(nn.Module):
             out["aux_outputs"] = aux
         return out
 
-    def forward(self, batched_inputs):
-        images = self.preprocess_image(batched_inputs)
-        if self.training:
-            self._update_mask_probs()
-            outputs = self.predict(images.tensor)
-            return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
-        return self.postprocess(self.predict(images.tensor), batched_inputs, images)
+    def training_outputs(self, images):
+        self._update_mask_probs()
+        return self.predict(images)

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..backbone.dino_vit import DINO_STRIDE
+from ..backbone.archs import DINO_STRIDE
 
 PROMPT_METHODS = ("clustering", "attention", "prototypes", "grid")
 

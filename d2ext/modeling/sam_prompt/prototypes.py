@@ -12,12 +12,16 @@ import pycocotools.mask as mask_util
 import torch
 import torch.nn.functional as F
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 
-from ..backbone.dino_vit import DINO_STRIDE
+from ...data.datasets.coco_instances import has_mask
+from ...data.image_io import read_image_any
+from ...errors import UserError
+from ..backbone.archs import DINO_STRIDE
 
 
-class PrototypeError(ValueError):
+class PrototypeError(UserError):
     """Prototype references that cannot define every requested class."""
 
 
@@ -34,8 +38,10 @@ class Reference:
 
     def load(self):
         """(image (H, W, 3) uint8 RGB, mask (H, W) bool)."""
-        image = read_image(self.file_name, format="RGB")
+        image = read_image_any(self.file_name, format="RGB")  # as the test images are read
         if self.mask_file:
+            # A label, not an image: detectron2's reader does not rescale 16-bit values, so
+            # every non-zero pixel stays in the mask.
             mask = read_image(self.mask_file, format="L")[..., 0] > 0
             if mask.shape != image.shape[:2]:
                 raise PrototypeError(f"reference mask {self.mask_file!r} is {mask.shape} but its "
@@ -52,12 +58,6 @@ def _decode_segmentation(segmentation, height, width):
     else:
         rle = segmentation
     return mask_util.decode(rle).astype(bool)
-
-
-def _has_mask(annotation):
-    segmentation = annotation.get("segmentation")
-    return bool(segmentation) and not (isinstance(segmentation, list) and
-                                       not any(len(p) >= 6 for p in segmentation))
 
 
 def collect_references(dataset="", shots=5, files=(), class_names=(), index_names=()):
@@ -85,7 +85,7 @@ def collect_references(dataset="", shots=5, files=(), class_names=(), index_name
         for record in DatasetCatalog.get(dataset):
             for annotation in record.get("annotations", []):
                 c = annotation["category_id"]
-                if counts.get(c, shots) < shots and _has_mask(annotation):
+                if counts.get(c, shots) < shots and has_mask(annotation.get("segmentation")):
                     counts[c] += 1
                     references.append(Reference(record["file_name"], names.index(wanted[c]),
                                                 annotation["segmentation"], record["height"],
@@ -144,8 +144,6 @@ def average_prototypes(features, coverages, class_indices, class_names):
 def resize_reference(image, mask, min_size, max_size):
     """The reference resized like test images (shortest edge ``min_size``, longest at most
     ``max_size``) so its patches see objects at the test scale."""
-    from detectron2.data import transforms as T
-
     transform = T.ResizeShortestEdge(min_size, max_size).get_transform(image)
     resized_mask = transform.apply_segmentation(mask.astype(np.uint8)) > 0
     return transform.apply_image(image), resized_mask

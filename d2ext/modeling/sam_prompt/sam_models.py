@@ -5,6 +5,8 @@ from functools import partial
 
 import torch
 
+from ...errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SAM_CHECKPOINTS_URL = ("https://github.com/facebookresearch/segment-anything#model-checkpoints "
@@ -12,7 +14,7 @@ SAM_CHECKPOINTS_URL = ("https://github.com/facebookresearch/segment-anything#mod
 SAM_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")
 
 
-class SamCheckpointError(RuntimeError):
+class SamCheckpointError(UserError, RuntimeError):
     """A SAM checkpoint that is missing or does not fit the configured model type."""
 
 
@@ -20,8 +22,13 @@ def build_tiny_sam(img_size=128, width=32):
     """A small random SAM assembled from segment-anything's own modules, for tests and CPU
     smoke runs: a 2-block ViT encoder (global attention) at ``img_size``, embedding grid
     ``img_size / 16``, a 1-layer two-way transformer; low-res masks are ``img_size / 4``."""
-    from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncoder, Sam,
-                                           TwoWayTransformer)
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     grid = img_size // 16
     return Sam(

@@ -7,11 +7,13 @@ import re
 import torch
 from torch.nn import functional as F
 
+from ...errors import UserError
+
 SAM3_HUB_ID = "facebook/sam3"
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-class TextPromptError(ValueError):
+class TextPromptError(UserError):
     """SAM 3 weights, phrases or classes that cannot be used; the message says what to do."""
 
 

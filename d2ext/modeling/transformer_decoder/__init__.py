@@ -1,2 +1,4 @@
-from .masked_attention_decoder import (TRANSFORMER_DECODER_REGISTRY,
-                                       MultiScaleMaskedTransformerDecoder)
+from .masked_attention_decoder import (
+                                       TRANSFORMER_DECODER_REGISTRY,
+                                       MultiScaleMaskedTransformerDecoder,
+)
