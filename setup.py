@@ -17,6 +17,11 @@ EXTRAS = {
 }
 # The tests exercise every extra; ruff is the linter (ruff.toml), run before them.
 EXTRAS["dev"] = ["pytest>=7", "ruff>=0.6"] + EXTRAS["sam"] + EXTRAS["fiftyone"] + EXTRAS["export"]
+# PQ evaluation: detectron2's COCOPanopticEvaluator imports `panopticapi`, which the package
+# panopticapi-lite ships with cocodataset/panopticapi's evaluation code unchanged. Its metadata
+# pins numpy<2, which pip would meet by downgrading numpy under opencv, pandas and ml_dtypes,
+# though the code runs on numpy 2: install it with `pip install --no-deps panopticapi-lite`
+# (.ci/run and README "Your own data" do), so it is no extra here.
 
 setup(
     name="d2ext",

@@ -14,6 +14,14 @@ def add_d2ext_config(cfg):
     add_solver_config(cfg)
     add_evaluation_config(cfg)
     add_tools_config(cfg)
+    # torch.compile the network (backbone and heads: the model's declared compiled_parts) in
+    # training, evaluation and the predictor (demo, batch prediction); the data-dependent pre-
+    # and post-processing stay eager. Off by default: compiling costs minutes at the first
+    # image, and a CPU needs a C++ compiler. Image sizes are traced static, then dynamic after
+    # the first new size, so inference over many sizes does not recompile per image.
+    cfg.MODEL.COMPILE = False
+    # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs) or "max-autotune".
+    cfg.MODEL.COMPILE_MODE = "default"
     # The best device here: CUDA if available, else Apple MPS, else CPU. A concrete name, so
     # that detectron2's own build_model / DefaultPredictor / DefaultTrainer take the config as
     # it is; d2ext's tools also accept "auto" (d2ext.engine.resolve_device).
@@ -130,6 +138,19 @@ def add_eomt_config(cfg):
     cfg.MODEL.EOMT.ANNEAL_START_ITERS = []
     cfg.MODEL.EOMT.ANNEAL_END_ITERS = []
     cfg.MODEL.EOMT.ANNEAL_POWER = 0.9
+    # How an image is fed to the network at inference.
+    # "eomt": EoMT's evaluation protocol (tue-mps/eomt training/lightning_module.py), which its
+    #   published figures are measured with: instance/panoptic fit the longer side into
+    #   INPUT.IMAGE_SIZE and pad the pixels with black (0, before normalisation) to that square;
+    #   semantic (SEMANTIC_ON alone) resizes the shorter side to INPUT.IMAGE_SIZE and averages
+    #   the class scores of overlapping IMAGE_SIZE squares along the longer side. The test-time
+    #   resize should match it (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST, see configs/eomt/), else
+    #   the model resizes the image itself.
+    # "any_size": pad the resized image only to the patch multiple, with the normalised
+    #   mean (grey), one pass per image: faster (no padded tokens), but the network sees other
+    #   inputs than in EoMT's evaluation, so its figures are not reproduced exactly.
+    cfg.MODEL.EOMT.TEST = CN()
+    cfg.MODEL.EOMT.TEST.PROTOCOL = "any_size"
 
 
 def add_sam_prompt_config(cfg):
@@ -196,13 +217,22 @@ def add_text_prompt_config(cfg):
 
 def add_input_config(cfg):
     """INPUT: Mask2Former's keys for its training data (d2ext/data/dataset_mappers/)."""
-    # "mask_former_instance_lsj" (COCO instances), "mask_former_semantic_lsj" (label PNGs) or ""
-    # (detectron2's DatasetMapper, for the R-CNN configs).
+    # "mask_former_instance_lsj" (COCO instances), "mask_former_semantic_lsj" (label PNGs),
+    # "mask_former_panoptic_lsj" (COCO panoptic json + PNG segments) or "" (detectron2's
+    # DatasetMapper, for the R-CNN configs).
     cfg.INPUT.DATASET_MAPPER_NAME = ""
     # Large-scale jitter: fit into IMAGE_SIZE x U(MIN_SCALE, MAX_SCALE), crop to IMAGE_SIZE.
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
+    # Pad every large-scale-jitter crop smaller than IMAGE_SIZE to the IMAGE_SIZE square, as
+    # Mask2Former (FixedSizeCrop's padding) and EoMT train; False keeps each crop's own size:
+    # faster for a ViT (no padded tokens), but not the published recipes' inputs.
+    cfg.INPUT.LSJ_PAD = True
+    # Pixel value of that padding, before normalisation: Mask2Former pads with 128 (detectron2's
+    # FixedSizeCrop default), EoMT with 0 (black). Masks are padded with 0, label maps with
+    # MODEL.SEM_SEG_HEAD.IGNORE_VALUE.
+    cfg.INPUT.LSJ_PAD_VALUE = 128.0
 
 
 def add_datasets_config(cfg):
@@ -210,6 +240,10 @@ def add_datasets_config(cfg):
     # COCO-format datasets as [name, json_file, image_root] triples; registered by
     # d2ext.data.datasets.register_datasets_from_cfg before training or evaluation.
     cfg.DATASETS.COCO_INSTANCES = []
+    # COCO panoptic-format datasets (a panoptic json, its folder of RGB-encoded segment PNGs, the
+    # image folder) as [name, panoptic_json, panoptic_png_dir, image_dir] entries, registered
+    # like COCO_INSTANCES; their classes are the json's categories, things and stuff.
+    cfg.DATASETS.COCO_PANOPTIC = []
     # The built-in synthetic dataset ("d2ext_synthetic_train" / "d2ext_synthetic_val").
     cfg.DATASETS.SYNTHETIC = CN()
     cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 200
@@ -242,6 +276,11 @@ def add_solver_config(cfg):
     # Weight decay of nn.Embedding weights (queries, level embeddings), Mask2Former's key.
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     cfg.SOLVER.POLY_LR_POWER = 0.9
+    # Images per forward/backward pass on each device: each optimizer step of IMS_PER_BATCH
+    # images runs as micro-batches of this size and accumulates their gradients, so a recipe's
+    # batch trains on a device too small for it with the same gradients
+    # (d2ext/engine/accumulation.py). 0: IMS_PER_BATCH / number of devices (no accumulation).
+    cfg.SOLVER.IMS_PER_DEVICE = 0
 
 
 def add_evaluation_config(cfg):

@@ -1,6 +1,8 @@
 """Shared fixtures. The suite requires detectron2: without it collection fails (by design).
 
 The plain functions behind them, and the other shared helpers, are in helpers.py."""
+import logging
+
 import pytest
 import torch
 
@@ -20,6 +22,23 @@ def _seeded():
     """Every test starts from the same random state: a test's pass or fail must not depend on
     which tests ran before it or on luck."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _loggers_restored():
+    """Tools set up detectron2's and d2ext's loggers (handlers on streams that a test's capture
+    closes afterwards, no propagation to the root logger): each test starts with d2ext's records
+    reaching caplog and leaves the loggers as it found them, so whether a test sees their records
+    does not depend on which tests ran before it."""
+    names = ("d2ext", "detectron2", "fvcore")
+    saved = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate,
+                    logging.getLogger(name).level) for name in names}
+    logging.getLogger("d2ext").propagate = True  # caplog listens at the root logger
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate, logger.level = propagate, level
 
 
 @pytest.fixture(scope="session")

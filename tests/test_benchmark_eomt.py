@@ -35,16 +35,37 @@ def test_benchmark_smoke(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_benchmark_bf16_and_compiled_rows(tmp_path, capsys):
-    """--precision and --compile apply to the model rows and are reported (a CPU compiles the
-    tiny EoMT in about half a minute)."""
+    """--precision applies to the model rows; --compile adds the compiled model (MODEL.COMPILE's
+    path) next to the eager one, its compilation timed apart (a CPU compiles the tiny EoMT in
+    about half a minute)."""
     out_json = tmp_path / "bench.json"
     bench.main(["--config-file", os.path.join(CONFIGS, "quickstart_eomt.yaml"), "--size", "48",
                 "--reps", "1", "--batch", "1", "--precision", "bf16", "--compile", "--json",
                 str(out_json), "MODEL.DEVICE", "cpu", "DATASETS.TEST", "()"])
     result = json.loads(out_json.read_text())
     assert result["precision"] == "bf16" and result["compiled"] is True
-    assert set(result["ms"]) == {"d2ext", "d2ext_e2e"} and all(v > 0 for v in result["ms"].values())
-    assert "precision bf16, compiled" in capsys.readouterr().out
+    ms = result["ms"]
+    assert set(ms) == {"d2ext", "d2ext_e2e", "d2ext_compiled"} and all(v > 0 for v in ms.values())
+    assert set(result["compile_s"]) == {"d2ext_compiled"}
+    printed = capsys.readouterr().out
+    assert "precision bf16, compiled" in printed
+    assert f"{ms['d2ext_compiled'] / ms['d2ext']:.2f} x d2ext" in printed
+    assert "compilation (first call, not in the times above): d2ext_compiled" in printed
+
+
+def test_peak_allocated_counts_the_tensors_pytorch_allocates():
+    """--memory's measure: the peak of the live tensors within the call (8 MiB here, never the
+    16 MiB allocated in all), whatever was allocated before it."""
+    from d2ext.utils.timing import peak_allocated_mb
+
+    before = torch.ones(1024, 1024)
+
+    def fn():
+        a, b = torch.ones(1024, 1024), torch.ones(1024, 1024)  # 4 MiB each
+        del a, b
+        return torch.ones(2048, 1024), before.add_(1)  # in place: no allocation
+
+    assert peak_allocated_mb(fn, "cpu") == pytest.approx(8.0, abs=0.01)
 
 
 def test_benchmark_training_step_and_equal_work_rows(tmp_path, capsys):

@@ -89,7 +89,8 @@ def test_eval_only_on_a_coco_dataset_registered_from_the_command_line(synthetic_
 @pytest.mark.slow
 def test_two_process_gloo_training(synthetic_root, tmp_path):
     result = run_tool("tools/train_net.py", "--config-file", "configs/quickstart.yaml",
-                      "--num-gpus", "2", *tiny_opts(synthetic_root, tmp_path, max_iter=2))
+                      "--num-gpus", "2", "--dist-url", "auto",
+                      *tiny_opts(synthetic_root, tmp_path, max_iter=2))
     assert result.returncode == 0, result.stderr[-3000:]
     with open(tmp_path / "log.txt") as f:
         assert "World size: 2" in f.read()

@@ -1,7 +1,6 @@
 """A user's mistakes end in one line naming the file or key and the fix, exit code 1, in the
 tool's own process; --debug shows the traceback instead. Data checks come before any weights."""
 import json
-import logging
 import os
 
 import pytest
@@ -13,19 +12,6 @@ from d2ext.errors import UserError
 from d2ext.modeling.backbone import dino_vit
 
 from helpers import config_file, tiny_opts
-
-
-@pytest.fixture(autouse=True)
-def _loggers_restored():
-    """train_net sets up detectron2's and d2ext's loggers (handlers, no propagation); later
-    tests capture those loggers' records, so each is put back as it was."""
-    saved = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate,
-                    logging.getLogger(name).level) for name in ("d2ext", "detectron2", "fvcore")}
-    yield
-    for name, (handlers, propagate, level) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.propagate, logger.level = propagate, level
 
 
 def train(capsys, *argv):

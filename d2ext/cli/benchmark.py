@@ -38,15 +38,30 @@ do the same work.
 (the whole model, d2ext's optimizer) and, with --peers, hf_m2f_head_train (the same backbone +
 transformers' head and Mask2FormerLoss).
 --precision runs every row, d2ext's and the peers', under ``torch.autocast`` (bf16 / fp16);
---compile wraps every model-only row in ``torch.compile`` and warms each up twice (the end-to-end
-rows stay eager). FPS at 640x640 for ViT-S/B/L next to transformers' EoMT on a GPU, e.g.:
+--compile adds d2ext_compiled (and, with --train, d2ext_train_compiled): a copy of the model
+with the same weights, compiled as MODEL.COMPILE compiles it for users (its declared network;
+pre- and post-processing eager; MODEL.COMPILE_MODE applies), timed in the same interleaved
+rounds as the eager rows; the first call of each compiled row (the compilation) is timed apart
+and printed on its own line. FPS at 640x640 for ViT-S/B/L next to transformers' EoMT on a GPU:
     python tools/benchmark.py --config-file configs/dinov3_eomt.yaml --peers --precision bf16 \
         --compile --batch 1 MODEL.DINO.ARCH dinov3_vitl16 MODEL.DEVICE cuda
-Peak memory: CUDA max_memory_allocated; CPU the peak resident-set growth during one pass
-(sampled every 2 ms). The machine may be shared: compare ratios from one run only.
+Peak memory (the "peak memory" line): CUDA max_memory_allocated; CPU the peak resident-set
+growth during one pass (sampled every 2 ms). The machine may be shared: compare ratios from
+one run only.
+
+--memory prints, instead of times, the peak memory of the tensors PyTorch allocates (CUDA:
+max_memory_allocated; CPU: the allocator events torch.profiler records, see
+``d2ext.utils.timing.peak_allocated_mb``), in MiB above what the weights (and AdamW's states,
+after one warm-up step) already hold: a training step at --batch (forward, losses, backward,
+AdamW step) with MODEL.DINO.GRADIENT_CHECKPOINTING off and on, inference at batch 1, and
+transformers' Mask2Former at the same shape (hf_m2f: the whole model with its DINOv3 backbone;
+hf_m2f_head: d2ext's backbone + transformers' head, Mask2Former-style configs; hf_eomt for EoMT
+configs), each with its per-image figure, and the weights / gradients / AdamW states in fp32.
 """
 import argparse
+import copy
 import json
+import time
 
 import numpy as np
 import torch
@@ -59,11 +74,13 @@ from ..errors import UserError
 from ..export import ExportedPredictor
 from ..modeling.backbone.archs import DINO_ARCHS
 from ..modeling.meta_arch import capabilities
+from ..modeling.meta_arch.capabilities import compile_configured
 from ..solver import build_optimizer
 from ..utils.timing import (
     PRECISIONS,
     PartTimer,
     interleaved_medians,
+    peak_allocated_mb,
     peak_memory_mb,
     with_precision,
 )
@@ -131,8 +148,10 @@ def build_d2ext(args):
     return cfg, model
 
 
-def peers(cfg, args, x, device):
-    """name -> function running one of transformers' peers at the config's shape."""
+def peer_models(cfg, args, device):
+    """transformers' peers at the config's shape, in eval mode: {"floor": the bare DINOv3 ViT,
+    "hf_eomt": EoMT-DINOv3 (masked attention off), "hf_m2f": Mask2Former with a DINOv3
+    backbone}."""
     from transformers import (
         DINOv3ViTConfig,
         DINOv3ViTModel,
@@ -147,14 +166,26 @@ def peers(cfg, args, x, device):
                  num_attention_heads=arch.heads, intermediate_size=arch.mlp, patch_size=16,
                  num_register_tokens=4, image_size=args.size)
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    bench = capabilities(cfg).benchmark
-    queries = config_value(cfg, bench.num_queries_key)
-    floor = DINOv3ViTModel(DINOv3ViTConfig(**shape)).eval().to(device)
-    rows = {"floor": lambda: floor(pixel_values=x)}
-    eomt = EomtDinov3ForUniversalSegmentation(EomtDinov3Config(
+    queries = config_value(cfg, capabilities(cfg).benchmark.num_queries_key)
+    models = {"floor": DINOv3ViTModel(DINOv3ViTConfig(**shape))}
+    models["hf_eomt"] = EomtDinov3ForUniversalSegmentation(EomtDinov3Config(
         **shape, num_queries=queries, num_blocks=cfg.MODEL.EOMT.NUM_BLOCKS,
-        num_labels=num_classes)).eval().to(device)
-    eomt.attn_mask_probs.zero_()
+        num_labels=num_classes))
+    models["hf_eomt"].attn_mask_probs.zero_()
+    depth = arch.depth
+    models["hf_m2f"] = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(
+        backbone_config=DINOv3ViTConfig(**shape, out_indices=[depth // 4, depth // 2,
+                                                             3 * depth // 4, depth]),
+        num_labels=num_classes, num_queries=queries))
+    return {name: m.eval().to(device) for name, m in models.items()}
+
+
+def peers(cfg, args, x, device):
+    """name -> function running one of transformers' peers at the config's shape."""
+    models = peer_models(cfg, args, device)
+    floor, eomt, m2f = models["floor"], models["hf_eomt"], models["hf_m2f"]
+    bench = capabilities(cfg).benchmark
+    rows = {"floor": lambda: floor(pixel_values=x)}
     rows["hf_eomt"] = lambda: eomt(pixel_values=x)
     if bench.peer == "hf_eomt":  # the peer's own pre- and post-processing, end to end
         from transformers import EomtImageProcessor
@@ -170,11 +201,6 @@ def peers(cfg, args, x, device):
                 outputs, target_sizes=[(args.size, args.size)])
 
         rows["hf_eomt_e2e"] = hf_pipeline
-    depth = arch.depth
-    m2f = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(
-        backbone_config=DINOv3ViTConfig(**shape, out_indices=[depth // 4, depth // 2,
-                                                             3 * depth // 4, depth]),
-        num_labels=num_classes, num_queries=queries)).eval().to(device)
     rows["hf_m2f"] = lambda: m2f(pixel_values=x)
     return rows
 
@@ -270,6 +296,141 @@ def training_steps(cfg, model, hf_head, inputs, device):
     return rows
 
 
+def compiled_twin(cfg, model):
+    """A copy of ``model`` (its weights and state) compiled as MODEL.COMPILE compiles it for
+    users (``compile_configured``: the declared network, MODEL.COMPILE_MODE), for the compiled
+    rows; ``model`` stays eager."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.COMPILE = True
+    twin = copy.deepcopy(model)
+    compile_configured(cfg, twin)
+    return twin
+
+
+def first_calls_s(fns):
+    """name -> seconds of the first call of each fn (for a compiled one, its compilation),
+    under ``torch.inference_mode`` as the timed rounds run them."""
+    seconds = {}
+    with torch.inference_mode():
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name] = time.perf_counter() - start
+    return seconds
+
+
+def hf_training_step(hf_model, pixel_values, targets, lr):
+    """One training step of a transformers segmentation model with its own loss (``loss`` from
+    ``mask_labels`` / ``class_labels``) and AdamW."""
+    optimizer = torch.optim.AdamW(hf_model.parameters(), lr=lr)
+
+    def step():
+        with torch.inference_mode(False), torch.enable_grad():
+            hf_model.train()
+            loss = hf_model(pixel_values=pixel_values,
+                            mask_labels=[t["masks"] for t in targets],
+                            class_labels=[t["labels"] for t in targets]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            hf_model.eval()
+    return step
+
+
+def _mib(params):
+    return sum(p.numel() * p.element_size() for p in params) / 2**20
+
+
+def memory_rows(args, cfg, model, device):
+    """name -> (images, peak MiB, MiB of the gradients it holds): the --memory table's rows."""
+    bench = capabilities(model).benchmark
+    if bench.peer is None:
+        raise UserError(f"--memory measures the mask-classification recipes next to "
+                        f"transformers' Mask2Former; {capabilities(model).name} has no such "
+                        "peer: use an EoMT or Mask2Former-style config.")
+    inputs = synthetic_batch(args.batch, args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
+    x = torch.rand(1, 3, args.size, args.size, device=device)
+    hf_head = hf_mask2former_head(cfg, device) if bench.peer == "hf_m2f" else None
+    if hf_head is not None:
+        hf_head[0].eval()
+
+    def precise(fn):
+        return with_precision(fn, device, args.precision)
+
+    def train_peak(step, *modules):
+        # After one warm-up step, which allocates AdamW's states, and without its gradients:
+        # the peak is then above the weights and AdamW's states alone, on any device.
+        precise(step)()
+        for module in modules:
+            module.zero_grad(set_to_none=True)
+        return peak_allocated_mb(precise(step), device)
+
+    def infer_peak(fn):
+        with torch.inference_mode():
+            return peak_allocated_mb(precise(fn), device)
+
+    def grads(*modules):
+        return _mib(p for m in modules for p in m.parameters() if p.requires_grad)
+
+    rows = {}
+    steps = training_steps(cfg, model, hf_head, inputs, device)
+    rows["d2ext_train"] = (args.batch, train_peak(steps["d2ext_train"], model), grads(model))
+    gc_cfg = cfg.clone()
+    gc_cfg.defrost()
+    gc_cfg.MODEL.DINO.GRADIENT_CHECKPOINTING = True
+    gc_model = build_model(gc_cfg).eval()
+    gc_model.load_state_dict(model.state_dict())
+    gc_step = training_steps(gc_cfg, gc_model, None, inputs, device)["d2ext_train"]
+    rows["d2ext_train_gc"] = (args.batch, train_peak(gc_step, gc_model), grads(gc_model))
+    del gc_model, gc_step
+    run = model_only(model)
+    rows["d2ext"] = (1, infer_peak(lambda: run(x)), 0.0)
+    hf = peer_models(cfg, args, device)
+    images = model.preprocess_image(inputs)
+    targets = model.prepare_targets(inputs, images)
+    for name in ("hf_m2f",) + (("hf_eomt",) if bench.peer == "hf_eomt" else ()):
+        step = hf_training_step(hf[name], images.tensor, targets, cfg.SOLVER.BASE_LR)
+        rows[f"{name}_train"] = (args.batch, train_peak(step, hf[name]), grads(hf[name]))
+        rows[name] = (1, infer_peak(lambda m=hf[name]: m(pixel_values=x)), 0.0)
+    if hf_head is not None:
+        rows["hf_m2f_head_train"] = (
+            args.batch, train_peak(steps["hf_m2f_head_train"], model.backbone, hf_head[0]),
+            grads(model.backbone, hf_head[0]))
+        rows["hf_m2f_head"] = (1, infer_peak(lambda: hf_head[1](model.extract_features(x))), 0.0)
+    return rows
+
+
+def report_memory(args, cfg, model, device):
+    """Print the --memory table (and write it to --json)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    state = {"weights": _mib(model.parameters()), "gradients": _mib(trainable),
+             "adamw": 2 * _mib(trainable)}
+    rows = memory_rows(args, cfg, model, device)
+    how = ("CUDA max_memory_allocated" if device.startswith("cuda")
+           else "PyTorch's CPU allocations (torch.profiler)")
+    print(f"config {args.config_file}, size {args.size}, train batch {args.batch}, device "
+          f"{device}, precision {args.precision}, torch {torch.__version__}")
+    print(f"peak memory in MiB above the weights and AdamW's states ({how}); per image: "
+          "(peak - gradients) / images")
+    print(f"{'row':<20}{'images':>7}{'peak':>10}{'per image':>11}")
+    table = {}
+    for name, (images, peak, grad) in rows.items():
+        per_image = (peak - grad) / images
+        table[name] = {"images": images, "peak_mb": peak, "gradients_mb": grad,
+                       "per_image_mb": per_image}
+        print(f"{name:<20}{images:>7}{peak:>10.1f}{per_image:>11.1f}")
+    print(f"d2ext model state: weights {state['weights']:.1f} MiB, gradients "
+          f"{state['gradients']:.1f} MiB, AdamW states {state['adamw']:.1f} MiB "
+          f"({sum(p.numel() for p in trainable) / 1e6:.2f} M trainable parameters)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config_file, "size": args.size, "batch": args.batch,
+                       "device": device, "precision": args.precision, "memory_mb": table,
+                       "state_mb": state}, f, indent=1)
+    return table
+
+
 def _main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
@@ -283,8 +444,13 @@ def _main(argv):
                         help="run every row under torch.autocast with this dtype (bf16 wants a "
                         "GPU or a CPU with bf16 instructions)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model-only rows of d2ext and the peers alike "
-                        "(the end-to-end rows stay eager); compiling takes minutes on a CPU")
+                        help="add d2ext_compiled (and with --train d2ext_train_compiled): the "
+                        "model compiled as MODEL.COMPILE compiles it, next to the eager rows; "
+                        "compiling takes minutes on a CPU")
+    parser.add_argument("--memory", action="store_true",
+                        help="print peak memory instead of times: a training step at --batch "
+                        "(gradient checkpointing off and on), inference, and transformers' "
+                        "Mask2Former at the same shape")
     parser.add_argument("--train", action="store_true",
                         help="also time one training step (forward, backward, optimizer) at "
                         "--batch, d2ext's and (with --peers, Mask2Former-style configs) the "
@@ -298,6 +464,9 @@ def _main(argv):
     args = parse_args(parser, argv)
     torch.manual_seed(0)
     cfg, model = build_d2ext(args)
+    if args.memory:
+        report_memory(args, cfg, model, cfg.MODEL.DEVICE)
+        return
     exported = load_export(args, cfg, model) if args.exported else None
     device = cfg.MODEL.DEVICE
     x = torch.rand(1, 3, args.size, args.size, device=device)
@@ -322,17 +491,22 @@ def _main(argv):
             hf_head = hf_mask2former_head(cfg, device)
             hf_head[0].eval()
             fns["hf_m2f_head"] = lambda: hf_head[1](model.extract_features(x))
+    if args.compile:
+        twin = compiled_twin(cfg, model)
+        run_compiled = model_only(twin)
+        fns["d2ext_compiled"] = lambda: run_compiled(x)
     if args.train:
         inputs = synthetic_batch(args.batch, args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
         fns.update(training_steps(cfg, model, hf_head, inputs, device))
-    if args.compile:
-        compiled = {name: torch.compile(fn) for name, fn in fns.items() if not name.endswith("e2e")}
-        fns.update(compiled)
+        if args.compile:
+            fns["d2ext_train_compiled"] = training_steps(cfg, twin, None, inputs,
+                                                         device)["d2ext_train"]
     fns = {name: with_precision(fn, device, args.precision) for name, fn in fns.items()}
+    compile_s = first_calls_s({n: fn for n, fn in fns.items() if n.endswith("_compiled")})
     if exported is not None:
         exported.aug = predictor.aug  # d2ext_e2e's test-time resize (to --size), not the export's
         fns.update(export_rows(exported, x, image))
-    rows = interleaved_medians(fns, args.reps, device, warmup=2 if args.compile else 1)
+    rows = interleaved_medians(fns, args.reps, device)
     if args.batch > 1:
         extra["images_per_s"] = 1000 * args.batch / rows[f"d2ext_b{args.batch}"]
     modules, methods = model_parts(model)
@@ -354,6 +528,9 @@ def _main(argv):
             ratios += [f"{ms / rows[p]:.2f} x {p}" for p in (peer, "hf_m2f_head") if p in rows]
         if name == "d2ext_train" and "hf_m2f_head_train" in rows:
             ratios.append(f"{ms / rows['hf_m2f_head_train']:.2f} x hf_m2f_head_train")
+        if name in ("d2ext_compiled", "d2ext_train_compiled"):
+            eager = name.replace("_compiled", "")
+            ratios.append(f"{ms / rows[eager]:.2f} x {eager}")
         if name == "d2ext_e2e" and "hf_eomt_e2e" in rows:
             ratios.append(f"{ms / rows['hf_eomt_e2e']:.2f} x hf_eomt_e2e")
         if name in ("onnxruntime", "torch_export"):
@@ -361,6 +538,10 @@ def _main(argv):
         if name in ("onnxruntime_e2e", "torch_export_e2e"):
             ratios.append(f"{ms / rows['d2ext_e2e']:.2f} x d2ext_e2e")
         print(f"{name}: {ms:.1f} ms" + (f"  ({', '.join(ratios)})" if ratios else ""))
+    if compile_s:
+        extra["compile_s"] = compile_s
+        print("compilation (first call, not in the times above): " + ", ".join(
+            f"{name} {s:.1f} s" for name, s in compile_s.items()))
     if "images_per_s" in extra:
         print(f"throughput at batch {args.batch}: {extra['images_per_s']:.2f} images/s")
     print(f"peak memory, batch 1: {extra['d2ext_peak_mem_mb']:.0f} MiB"

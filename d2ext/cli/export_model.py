@@ -93,7 +93,7 @@ def _main(argv):
     fixed_only = fixed_size_reason(cfg, args.format)
     dynamic = args.dynamic or (args.size is None and fixed_only is None)
     check_exportable(cfg, args.format, dynamic, args.opset)  # before the model is built
-    model = load_predictor(cfg).model
+    model = load_predictor(cfg, compile=False).model  # exported as a graph, never compiled
     multiple = size_multiple(model)
     size = None if dynamic else tuple(args.size or largest_test_size(cfg, multiple))
     if not dynamic and args.size is None:

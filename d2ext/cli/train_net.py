@@ -9,6 +9,10 @@
   python tools/train_net.py --config-file configs/quickstart_semseg.yaml \\
       --register-sem-seg my_train images/ masks/ DATASETS.TRAIN "('my_train',)" \\
       DATASETS.SEM_SEG_CLASSES "['background', 'person']" MODEL.SEM_SEG_HEAD.NUM_CLASSES 2
+  python tools/train_net.py --config-file configs/dinov3_mask2former_panoptic.yaml \\
+      --register-coco-panoptic my_train train.json train_pngs/ train_images/ \\
+      --register-coco-panoptic my_val val.json val_pngs/ val_images/ \\
+      DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)" MODEL.SEM_SEG_HEAD.NUM_CLASSES 12
 """
 import logging
 import os
@@ -33,7 +37,8 @@ logger = logging.getLogger("d2ext")
 def checked_cfg(args):
     """The config of the command line, its datasets checked to exist: a missing dataset is
     reported before any weights are downloaded."""
-    cfg = setup_cfg(args.config_file, args.opts, args.register_coco, args.register_sem_seg)
+    cfg = setup_cfg(args.config_file, args.opts, args.register_coco, args.register_sem_seg,
+                    args.register_coco_panoptic)
     check_dataset_files(([] if args.eval_only else list(cfg.DATASETS.TRAIN))
                         + list(cfg.DATASETS.TEST))
     return cfg
@@ -106,6 +111,11 @@ def argument_parser():
                         metavar=("NAME", "IMAGE_DIR", "MASK_DIR"),
                         help="register a semantic dataset: images and class-id PNG masks of the "
                              "same names (repeatable); classes: DATASETS.SEM_SEG_CLASSES")
+    parser.add_argument("--register-coco-panoptic", nargs=4, action="append", default=[],
+                        metavar=("NAME", "JSON", "PNG_DIR", "IMAGES"),
+                        help="register a COCO panoptic-format dataset: its panoptic json, the "
+                             "folder of its segment PNGs and the image folder (repeatable); "
+                             "train with INPUT.DATASET_MAPPER_NAME mask_former_panoptic_lsj")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of a configuration or data mistake instead of "
                              "its one-line message")

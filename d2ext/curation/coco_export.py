@@ -15,6 +15,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
+from .calibration import keep_calibrated
 from .fiftyone_db import CurationError
 from .open_images import GT_FIELD
 
@@ -109,11 +110,12 @@ def _not_exported(split_dir):
     return foreign
 
 
-def _export_split(view, split_dir, classes, gt_field):
+def _export_split(view, split_dir, classes, gt_field, calibrated=None):
     data_dir = os.path.join(split_dir, "data")
     os.makedirs(data_dir)
     images, annotations, missing, used_names = [], [], 0, set()
-    for filepath, labels in zip(*view.values(["filepath", gt_field])):
+    fields = ["filepath", gt_field] + (["tags", calibrated["gt_field"]] if calibrated else [])
+    for filepath, labels, *review in zip(*view.values(fields)):
         if not os.path.isfile(filepath):
             missing += 1
             continue
@@ -126,8 +128,14 @@ def _export_split(view, split_dir, classes, gt_field):
         shutil.copy2(filepath, os.path.join(data_dir, name))
         image_id = len(images) + 1
         images.append(dict(id=image_id, file_name=name, width=width, height=height))
-        annotations += _coco_annotations(labels.detections if labels else [], classes, width,
-                                         height, image_id, len(annotations) + 1)
+        detections = labels.detections if labels else []
+        if calibrated:  # reviewed samples: their reviewed labels; the rest: calibrated ones
+            tags, reviewed = review
+            detections = (reviewed.detections if reviewed else []) \
+                if set(tags or []) & set(calibrated["review_tags"]) \
+                else keep_calibrated(detections, calibrated["thresholds"])
+        annotations += _coco_annotations(detections, classes, width, height, image_id,
+                                         len(annotations) + 1)
     json_file = os.path.join(split_dir, "labels.json")
     with open(json_file, "w") as f:
         json.dump(dict(info={"description": f"d2ext export of FiftyOne dataset "
@@ -140,8 +148,12 @@ def _export_split(view, split_dir, classes, gt_field):
 
 
 def export_coco_splits(collection, export_dir, splits=("train", "val"), reject_tag="reject",
-                       gt_field=GT_FIELD, classes=None, overwrite=False):
+                       gt_field=GT_FIELD, classes=None, overwrite=False, thresholds=None):
     """Write one COCO instance dataset per split tag of ``collection`` (a dataset or view).
+
+    ``thresholds`` (the file of ``calibrate``, read with ``load_thresholds``): verified
+    auto-labelling; the samples tagged with its review tags export its reviewed field, the
+    others the labels of ``gt_field`` (its pre-label field) that its class thresholds keep.
 
     Images missing on disk are skipped and counted. Raises :class:`CurationError` (before
     writing anything) for empty splits, samples in two splits, or existing output; with
@@ -157,6 +169,18 @@ def export_coco_splits(collection, export_dir, splits=("train", "val"), reject_t
     if not collection.has_field(gt_field):
         raise CurationError(f"dataset {collection.name!r} has no label field {gt_field!r} "
                             f"(fields: {sorted(collection.get_field_schema())}).")
+    if thresholds is not None:
+        if thresholds["pred_field"] != gt_field:
+            raise CurationError(f"--thresholds were calibrated on field "
+                                f"{thresholds['pred_field']!r}, not {gt_field!r}; pass "
+                                f"--gt-field {thresholds['pred_field']}.")
+        if not collection.has_field(thresholds["gt_field"]):
+            raise CurationError(f"dataset {collection.name!r} has no reviewed label field "
+                                f"{thresholds['gt_field']!r} that --thresholds names.")
+        uncalibrated = sorted(c for c in classes if c not in thresholds["thresholds"])
+        if uncalibrated:
+            logger.warning(f"classes {uncalibrated} have no calibrated threshold (no reviewed "
+                           "example): their pre-labels are left out of the unreviewed samples.")
     views = _split_views(collection, splits, reject_tag)
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise CurationError(f"--out {export_dir} is a file; name a folder to export into.")
@@ -179,7 +203,8 @@ def export_coco_splits(collection, export_dir, splits=("train", "val"), reject_t
         shutil.rmtree(split_dir)
     result = {}
     for split, view in views.items():
-        result[split] = _export_split(view, os.path.join(export_dir, split), classes, gt_field)
+        result[split] = _export_split(view, os.path.join(export_dir, split), classes, gt_field,
+                                      thresholds)
         if result[split]["missing_images"]:
             logger.warning(f"split {split!r}: skipped {result[split]['missing_images']} "
                            "sample(s) whose image file is missing on disk.")

@@ -1,5 +1,6 @@
 """Run a trained d2ext model over a FiftyOne collection, store its instance masks as
 ``fo.Detections``, and evaluate them with FiftyOne's COCO-style mask evaluation."""
+import json
 import logging
 import math
 import os
@@ -211,3 +212,112 @@ def worst_samples(collection, eval_key="eval"):
     from fiftyone import ViewField as F
 
     return collection.sort_by(F(f"{eval_key}_fp") + F(f"{eval_key}_fn"), reverse=True)
+
+
+def _coco_instances(anns, index_of, height, width, confidence_threshold):
+    """detectron2 ``Instances`` of a predictions json's annotations of one image (RLE masks
+    decoded at its size, xywh boxes), those scoring at least ``confidence_threshold``."""
+    import numpy as np
+    import pycocotools.mask as mask_util
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    anns = [a for a in anns if a.get("score", 1.0) >= confidence_threshold]
+    masks = [mask_util.decode(a["segmentation"]).astype(bool) for a in anns
+             if "segmentation" in a]
+    boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+    fields = dict(pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)),
+                  pred_classes=torch.tensor([index_of[a["category_id"]] for a in anns],
+                                            dtype=torch.long),
+                  scores=torch.tensor([float(a.get("score", 1.0)) for a in anns]))
+    if len(masks) == len(anns) and anns:
+        fields["pred_masks"] = torch.from_numpy(np.stack(masks))
+    return Instances((height, width), **fields)
+
+
+def _sample_matcher(images, image_root):
+    """A function from a sample's filepath to its entry of a predictions json's ``images``:
+    the file under ``image_root`` (the predicted folder) or an absolute file name, else the
+    longest trailing part of the path that is a relative file name of the json."""
+    by_name = {image["file_name"].replace("\\", "/"): image for image in images}
+    by_path = {}
+    for name, image in by_name.items():
+        path = name if os.path.isabs(name) else os.path.join(image_root or "", name)
+        by_path[os.path.normpath(os.path.abspath(path))] = image
+
+    def match(filepath):
+        found = by_path.get(os.path.normpath(os.path.abspath(filepath)))
+        if found is not None:
+            return found
+        parts = os.path.normpath(filepath).replace("\\", "/").split("/")
+        for i in range(1, len(parts)):
+            found = by_name.get("/".join(parts[i:]))
+            if found is not None:
+                return found
+        return None
+
+    return match
+
+
+def add_predictions_from_coco(collection, json_file, pred_field="prelabels",
+                              confidence_threshold=0.0, overwrite=False, writer="prelabel",
+                              image_root=None):
+    """Store the predictions of a COCO json (``tools/predict.py``'s OUT/predictions.json, or
+    any COCO results with ``score``) in label field ``pred_field`` of ``collection``'s samples,
+    as :func:`add_predictions` stores a model's (the same Detections, the same refusal of a
+    field holding labels ``writer`` did not write unless ``overwrite``).
+
+    Samples are matched by file path: the json's file names under ``image_root`` (default: the
+    ``info.image_root`` predict records, else the json's folder) or absolute, else by the
+    longest trailing part of the sample's path that the json names. Classes are the json's
+    categories; the dataset's default_classes are set to them where it has none.
+
+    Returns:
+        {"predicted": N, "instances": I, "unmatched_samples": S, "unused_images": U}
+    """
+    require_fiftyone()
+    try:
+        with open(json_file) as f:
+            coco = json.load(f)
+        images, categories = coco["images"], coco["categories"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CurationError(f"--from-predictions {json_file}: not a readable COCO json "
+                            f"({type(err).__name__}: {err}); give predict's "
+                            "OUT/predictions.json.") from None
+    foreign = check_label_field(collection, pred_field, writer, overwrite)
+    classes = [c["name"] for c in categories]
+    index_of = {c["id"]: i for i, c in enumerate(categories)}
+    root = image_root or (coco.get("info") or {}).get("image_root") or \
+        os.path.dirname(os.path.abspath(json_file))
+    anns_of = {}
+    for ann in coco.get("annotations", []):
+        anns_of.setdefault(ann["image_id"], []).append(ann)
+    match = _sample_matcher(images, root)
+    dataset = _dataset_of(collection)
+    if not foreign and field_writer(dataset, pred_field) != writer:
+        _claim_field(dataset, pred_field, writer)
+    if not dataset.default_classes:
+        dataset.default_classes = classes
+        dataset.save()
+    stats = {"predicted": 0, "instances": 0, "unmatched_samples": 0, "unused_images": 0}
+    written, used = set(), set()
+    for sample in collection.iter_samples(autosave=True, progress=True):
+        image = match(sample.filepath)
+        if image is None:
+            stats["unmatched_samples"] += 1
+            continue
+        instances = _coco_instances(anns_of.get(image["id"], []), index_of, image["height"],
+                                    image["width"], confidence_threshold)
+        detections = instances_to_detections(instances, classes,
+                                             (image["height"], image["width"]))
+        sample[pred_field] = detections
+        written.add(sample.id)
+        used.add(image["id"])
+        stats["predicted"] += 1
+        stats["instances"] += len(detections.detections)
+    stats["unused_images"] = len(images) - len(used)
+    if foreign and not foreign - written:  # --overwrite replaced every label of others
+        _claim_field(dataset, pred_field, writer)
+    if stats["unmatched_samples"]:
+        logger.warning(f"{stats['unmatched_samples']} sample(s) have no image in {json_file}.")
+    return stats

@@ -87,11 +87,14 @@ def resolve_device(device):
     return device
 
 
-def setup_cfg(config_file="", opts=(), coco_datasets=(), sem_seg_datasets=()):
+def setup_cfg(config_file="", opts=(), coco_datasets=(), sem_seg_datasets=(),
+              coco_panoptic_datasets=()):
     """A d2ext config from ``config_file`` and ``opts`` (KEY VALUE ...), with MODEL.DEVICE
     resolved and the datasets it names registered. ``coco_datasets`` holds extra
     (name, json_file, image_root) triples, e.g. from ``--register-coco``; ``sem_seg_datasets``
-    extra (name, image_dir, mask_dir) triples, e.g. from ``--register-sem-seg``."""
+    extra (name, image_dir, mask_dir) triples, e.g. from ``--register-sem-seg``;
+    ``coco_panoptic_datasets`` extra (name, panoptic_json, panoptic_png_dir, image_dir)
+    entries, e.g. from ``--register-coco-panoptic``."""
     cfg = get_d2ext_cfg()
     if config_file:
         if not os.path.isfile(config_file):
@@ -103,6 +106,8 @@ def setup_cfg(config_file="", opts=(), coco_datasets=(), sem_seg_datasets=()):
         [list(e) for e in coco_datasets]
     cfg.DATASETS.SEM_SEG = [list(e) for e in cfg.DATASETS.SEM_SEG] + \
         [list(e) for e in sem_seg_datasets]
+    cfg.DATASETS.COCO_PANOPTIC = [list(e) for e in cfg.DATASETS.COCO_PANOPTIC] + \
+        [list(e) for e in coco_panoptic_datasets]
     cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE)
     capabilities(cfg)  # a meta-architecture that is not registered stops here, by name
     register_datasets_from_cfg(cfg)

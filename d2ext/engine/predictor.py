@@ -19,11 +19,12 @@ from ..checkpoint import (
 from ..data.dataset_mappers.lsj_augmentation import ResizeShortestEdge
 from ..data.datasets.sem_seg_folders import stable_colors
 from ..modeling.meta_arch import capabilities
+from ..modeling.meta_arch.capabilities import compile_configured
 
 logger = logging.getLogger(__name__)
 
 
-def load_predictor(cfg):
+def load_predictor(cfg, compile=True):
     """``DefaultPredictor`` for ``cfg`` (BGR image in, model outputs out).
 
     When MODEL.WEIGHTS (the whole model) is set it overwrites the ViT anyway, so the ViT's own
@@ -35,6 +36,10 @@ def load_predictor(cfg):
     dataset names them (a checkpoint saved before d2ext recorded its classes). Its
     ``metadata`` is the Metadata to draw with (``predictor_metadata``): that of the config's
     dataset, unless the checkpoint names other classes (then its names, with a warning).
+
+    With MODEL.COMPILE (and ``compile``) the model's network is compiled (``torch.compile``;
+    the pre- and post-processing stay eager); ``compile=False`` keeps it eager whatever the
+    config says (an exporter traces the model itself).
     """
     cfg = cfg.clone()
     cfg.defrost()
@@ -55,6 +60,8 @@ def load_predictor(cfg):
     else:
         predictor.class_names = checkpoint_class_names(classes, cfg)
         predictor.metadata = _trained_metadata(cfg, predictor.class_names, classes, weights)
+    if compile:
+        compile_configured(cfg, predictor.model)
     return predictor
 
 
@@ -74,9 +81,13 @@ def _trained_metadata(cfg, trained, classes, weights):
                        f"{metadata.name!r} names {show_names(names)} "
                        f"({class_names_difference(trained, names)}): predictions are named with "
                        "the checkpoint's classes.")
-    extra = {"stuff_colors": stable_colors(len(trained))} if field == "stuff_classes" else {}
-    return Metadata(name=f"{classes.get('dataset')} (from {weights})", **{field: trained},
-                    **extra)
+    # Panoptic drawing names stuff segments too: detectron2's panoptic metadata lists every
+    # class in both fields, so the checkpoint's names serve for both.
+    names = {"thing_classes": trained, "stuff_classes": trained,
+             "stuff_colors": stable_colors(len(trained))}
+    if field == "stuff_classes":
+        del names["thing_classes"]
+    return Metadata(name=f"{classes.get('dataset')} (from {weights})", **names)
 
 
 def predictor_metadata(cfg, predictor=None):

@@ -13,20 +13,29 @@ from detectron2.data import (
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+from detectron2.evaluation import (
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AtomicCheckpointer, training_classes
 from ..data.dataset_mappers import SkipUnreadableImages, build_default_mapper, build_train_mapper
 from ..data.datasets import DatasetError
+from ..errors import UserError
 from ..modeling.meta_arch import capabilities
+from ..modeling.meta_arch.capabilities import compile_configured
 from ..solver import build_lr_scheduler, build_optimizer
+from .accumulation import AccumulatingTrainer, AMPAccumulatingTrainer
 from .defaults import check_num_classes
 
 logger = logging.getLogger(__name__)
 # The per-image output each dataset evaluator_type is scored on.
-EVALUATED_OUTPUT = {"coco": "instances", "sem_seg": "sem_seg"}
+EVALUATED_OUTPUT = {"coco": "instances", "sem_seg": "sem_seg",
+                    "coco_panoptic_seg": "panoptic_seg"}
 
 
 def restore_best_metric(hook, metrics_file, before_iter):
@@ -53,10 +62,11 @@ def restore_best_metric(hook, metrics_file, before_iter):
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with: COCO / semantic evaluators chosen by the dataset's
+    """``DefaultTrainer`` with: COCO / semantic / panoptic evaluators chosen by the dataset's
     ``evaluator_type``; the DINO optimizer (backbone LR multiplier, layer decay, clipping);
     the best checkpoint kept by TEST.BEST_CHECKPOINT_METRIC; crash-safe checkpoint writes;
-    multi-process training on CPU (gloo); AMP on CUDA with SOLVER.AMP.PRECISION."""
+    multi-process training on CPU (gloo); AMP on CUDA with SOLVER.AMP.PRECISION; gradient
+    accumulation in micro-batches of SOLVER.IMS_PER_DEVICE (``AccumulatingTrainer``)."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, except that DDP gets no device ids for CPU models (DDP
@@ -85,13 +95,26 @@ class Trainer(DefaultTrainer):
 
     @staticmethod
     def _build_step_trainer(cfg, model, data_loader, optimizer, on_cuda):
-        if cfg.SOLVER.AMP.ENABLED and on_cuda:
-            return AMPTrainer(model, data_loader, optimizer,
-                              precision=getattr(torch, cfg.SOLVER.AMP.PRECISION))
-        if cfg.SOLVER.AMP.ENABLED:
+        """detectron2's SimpleTrainer / AMPTrainer, or d2ext's accumulating ones where
+        SOLVER.IMS_PER_DEVICE is below this device's share of SOLVER.IMS_PER_BATCH."""
+        per_device = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        micro = cfg.SOLVER.IMS_PER_DEVICE
+        if micro < 0:
+            raise UserError(f"SOLVER.IMS_PER_DEVICE={micro}: set the images per forward pass on "
+                            "each device (at least 1), or 0 for SOLVER.IMS_PER_BATCH / devices.")
+        accumulate = 0 < micro < per_device
+        if accumulate:
+            logger.info(f"Gradient accumulation: {per_device} images per device and step in "
+                        f"micro-batches of at most {micro} (SOLVER.IMS_PER_DEVICE).")
+        amp = cfg.SOLVER.AMP.ENABLED and on_cuda
+        if cfg.SOLVER.AMP.ENABLED and not on_cuda:
             logger.warning("SOLVER.AMP.ENABLED is set but the model is not on CUDA; "
                            "training in float32.")
-        return SimpleTrainer(model, data_loader, optimizer)
+        kwargs = {"precision": getattr(torch, cfg.SOLVER.AMP.PRECISION)} if amp else {}
+        if accumulate:
+            cls = AMPAccumulatingTrainer if amp else AccumulatingTrainer
+            return cls(model, data_loader, optimizer, micro, **kwargs)
+        return (AMPTrainer if amp else SimpleTrainer)(model, data_loader, optimizer, **kwargs)
 
     def build_hooks(self):
         ret = super().build_hooks()
@@ -118,6 +141,14 @@ class Trainer(DefaultTrainer):
                                         self.start_iter)
 
     @classmethod
+    def build_model(cls, cfg):
+        """DefaultTrainer's, with the network compiled where MODEL.COMPILE is set: training
+        and evaluation (``test``, ``--eval-only``) run the model built here."""
+        model = super().build_model(cfg)
+        compile_configured(cfg, model)
+        return model
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         kind = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
@@ -132,7 +163,25 @@ class Trainer(DefaultTrainer):
                              "the mask-classification models' outputs).")
         if kind == "sem_seg":
             return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        if kind == "coco_panoptic_seg":
+            return cls._panoptic_evaluators(cfg, dataset_name, output_folder)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @staticmethod
+    def _panoptic_evaluators(cfg, dataset_name, output_folder):
+        """PQ / SQ / RQ (all, things, stuff) with COCOPanopticEvaluator; as Mask2Former's
+        train_net also mask AP where instance output is on and the dataset has an instance json
+        (its ``json_file``, as detectron2's ``coco_2017_val_panoptic``), and mIoU where semantic
+        output is on and it has semantic labels (``sem_seg_root``)."""
+        meta = MetadataCatalog.get(dataset_name)
+        outputs = capabilities(cfg).outputs(cfg)
+        evaluators = [COCOPanopticEvaluator(dataset_name, output_dir=output_folder)]
+        if "instances" in outputs and getattr(meta, "json_file", None):
+            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
+        if "sem_seg" in outputs and getattr(meta, "sem_seg_root", None):
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True,
+                                              output_dir=output_folder))
+        return DatasetEvaluators(evaluators)
 
     # INPUT.DATASET_MAPPER_NAME picks the mapper (Mask2Former-style LSJ mappers or detectron2's).
     @classmethod

@@ -64,6 +64,8 @@ class ExportedModel:
       ``min_side``): a side that the test-time resize leaves within one multiple (a thin image)
       gets one more multiple of padding than eager adds;
     - for a fixed-size export, which pads every image to its size (and refuses a larger one).
+    A model that declares its own test protocol (``ExportInterface.test_protocol``: EoMT with
+    MODEL.EOMT.TEST.PROTOCOL "eomt") is fed by it instead, as its eager inference is.
     """
 
     def __init__(self, export_dir, providers=None, session_options=None):
@@ -74,6 +76,8 @@ class ExportedModel:
         self.pixel_std = torch.tensor(self.spec["pixel_std"]).view(-1, 1, 1)
         # The eager model's own post-processing of the graph's raw outputs.
         self.postprocessor = capabilities(self.cfg).export.postprocessor(self.cfg)
+        # A model whose inference feeds the network its own way (EoMT's protocol) does so here.
+        self.test_protocol = capabilities(self.cfg).export.test_protocol(self.cfg)
 
     def padded_size(self, image_size):
         """(H, W) the graph takes for an image of ``image_size`` (h, w)."""
@@ -94,7 +98,15 @@ class ExportedModel:
         normalised = (image.float() - self.pixel_mean) / self.pixel_std
         return F.pad(normalised, (0, pw - w, 0, ph - h))[None]
 
+    def _predict(self, images):
+        """Normalised (N, 3, H, W) -> the graph's outputs by name, one image per run."""
+        runs = [self.run(images[i:i + 1]) for i in range(len(images))]
+        return {name: torch.cat([r[k] for r in runs])
+                for k, name in enumerate(self.spec["outputs"])}
+
     def __call__(self, batched_inputs):
+        if self.test_protocol is not None:
+            return self.test_protocol(batched_inputs, self._predict)
         results = []
         for x in batched_inputs:
             image_size = tuple(x["image"].shape[-2:])

@@ -1,4 +1,8 @@
 """Mask2Former's set-prediction losses: class cross-entropy and point-sampled mask BCE + dice."""
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
 import torch
 from detectron2.projects.point_rend.point_features import (
     get_uncertain_point_coords_with_randomness,
@@ -25,6 +29,52 @@ def sigmoid_ce_loss(logits, targets, num_masks):
     return loss.mean(1).sum() / num_masks
 
 
+@dataclass(frozen=True)
+class StepTargets:
+    """The targets of one whole optimizer step, which the losses of each of its micro-batches
+    are normalised by when gradient accumulation splits it (d2ext/engine/accumulation.py).
+
+    num_masks: Mask2Former's mask-loss normaliser: the step's target masks over all processes
+        divided by the number of processes, at least 1.
+    masks_per_image: the target count of each of this process's images of the step, every
+        micro-batch included (the class cross-entropy's normaliser is this process's).
+    """
+
+    num_masks: float
+    masks_per_image: tuple
+
+    @classmethod
+    def gather(cls, masks_per_image, device):
+        """From this process's per-image target counts; all-reduces the mask count over the
+        processes (a collective: every process calls it once per step)."""
+        num_masks = torch.tensor([float(sum(masks_per_image))], device=device)
+        if get_world_size() > 1:
+            torch.distributed.all_reduce(num_masks)
+        return cls(max(num_masks.item() / get_world_size(), 1.0), tuple(masks_per_image))
+
+    def class_weight_total(self, num_queries, no_object_weight):
+        """The sum of the class cross-entropy's weights over every query of this process's
+        images of the step: per image the matcher pairs min(N, Q) queries with targets (weight
+        1), the rest are "no object" (``no_object_weight``)."""
+        return sum(min(n, num_queries) + (num_queries - min(n, num_queries)) * no_object_weight
+                   for n in self.masks_per_image)
+
+
+_STEP_TARGETS = contextvars.ContextVar("d2ext_step_targets", default=None)
+
+
+@contextlib.contextmanager
+def step_targets(targets):
+    """Within it, ``SetCriterion`` normalises by ``targets`` (a ``StepTargets``), the whole
+    optimizer step's, instead of the batch it is given: the losses of micro-batches then add up
+    to the whole step's loss."""
+    token = _STEP_TARGETS.set(targets)
+    try:
+        yield
+    finally:
+        _STEP_TARGETS.reset(token)
+
+
 class SetCriterion(nn.Module):
     """Losses of a set of (class, mask) predictions after Hungarian matching.
 
@@ -38,6 +88,12 @@ class SetCriterion(nn.Module):
     Mask losses use ``num_points`` points per mask, chosen by PointRend's importance sampling:
     ``importance_sample_ratio`` of them where the prediction is most uncertain among
     ``oversample_ratio * num_points`` random candidates, the rest uniformly at random.
+
+    Normalisation (Mask2Former's): the mask losses by the batch's target masks over all
+    processes / the process count; the class cross-entropy is the weighted mean over the
+    process's queries. Inside ``step_targets`` both normalisers are the whole optimizer step's
+    instead (the CE as a weighted sum over the micro-batch divided by the step's weight total),
+    so that micro-batches accumulate the one big batch's gradients.
     """
 
     def __init__(self, num_classes, matcher, class_weight=2.0, mask_weight=5.0, dice_weight=5.0,
@@ -51,6 +107,7 @@ class SetCriterion(nn.Module):
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
+        self.eos_coef = eos_coef
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
@@ -62,8 +119,12 @@ class SetCriterion(nn.Module):
             target_classes[b, query_idx.to(pred_logits.device)] = \
                 targets[b]["labels"][target_idx.to(targets[b]["labels"].device)].to(
                     pred_logits.device)
-        return F.cross_entropy(pred_logits.float().transpose(1, 2), target_classes,
-                               self.empty_weight)
+        logits = pred_logits.float().transpose(1, 2)
+        step = _STEP_TARGETS.get()
+        if step is None:  # the batch is the whole step: the weighted mean over its queries
+            return F.cross_entropy(logits, target_classes, self.empty_weight)
+        total = step.class_weight_total(pred_logits.shape[1], self.eos_coef)
+        return F.cross_entropy(logits, target_classes, self.empty_weight, reduction="sum") / total
 
     def loss_masks(self, pred_masks, targets, indices, num_masks):
         src = torch.cat([pred_masks[b, q] for b, (q, _) in enumerate(indices)])
@@ -91,12 +152,11 @@ class SetCriterion(nn.Module):
         return {k: v * self.weights[k] for k, v in losses.items()}
 
     def forward(self, outputs, targets):
-        # Normalise by the number of ground-truth masks over all processes (Mask2Former's choice).
-        num_masks = torch.tensor([float(sum(len(t["labels"]) for t in targets))],
-                                 device=outputs["pred_logits"].device)
-        if get_world_size() > 1:
-            torch.distributed.all_reduce(num_masks)
-        num_masks = max(num_masks.item() / get_world_size(), 1.0)
+        # Normalise by the number of ground-truth masks over all processes (Mask2Former's
+        # choice): of the whole optimizer step where gradient accumulation splits it.
+        step = _STEP_TARGETS.get() or StepTargets.gather(
+            [len(t["labels"]) for t in targets], outputs["pred_logits"].device)
+        num_masks = step.num_masks
         losses = self._losses(outputs, targets, num_masks)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             losses.update({f"{k}_{i}": v for k, v in self._losses(aux, targets,

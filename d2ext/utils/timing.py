@@ -48,6 +48,39 @@ def peak_memory_mb(fn, device):
     return (max(peak[0], _rss_bytes()) - base) / 2**20
 
 
+def peak_allocated_mb(fn, device):
+    """Peak memory (MiB) of the tensors PyTorch allocates during one call of ``fn``, above what
+    was allocated when it started (its own grad mode: the caller chooses).
+
+    CUDA: ``torch.cuda.max_memory_allocated``. Elsewhere: the allocation and free events of
+    PyTorch's CPU allocator that ``torch.profiler`` records with ``profile_memory``, summed in
+    time order -- every tensor (activations kept for the backward pass, gradients, optimizer
+    states), none of the interpreter's or libraries' own memory; NaN where the profiler gives
+    no events."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except AttributeError:  # another profiler layout
+        return float("nan")
+    if not events:
+        return float("nan")
+    current = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak / 2**20
+
+
 def interleaved_medians(fns, reps, device, seed=0, warmup=1):
     """name -> median ms over ``reps`` rounds; each round runs every fn once in random order."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

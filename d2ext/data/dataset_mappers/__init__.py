@@ -11,11 +11,13 @@ from detectron2.data import transforms as T
 from ..image_io import read_image_any
 from .lsj_augmentation import ResizeShortestEdge
 from .mask_former_instance_mapper import MaskFormerInstanceDatasetMapper
+from .mask_former_panoptic_mapper import MaskFormerPanopticDatasetMapper
 from .mask_former_semantic_mapper import MaskFormerSemanticDatasetMapper
 
 MAPPERS = {
     "mask_former_instance_lsj": MaskFormerInstanceDatasetMapper,
     "mask_former_semantic_lsj": MaskFormerSemanticDatasetMapper,
+    "mask_former_panoptic_lsj": MaskFormerPanopticDatasetMapper,
 }
 
 

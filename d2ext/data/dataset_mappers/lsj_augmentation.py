@@ -25,19 +25,26 @@ class ResizeScale(T.ResizeScale):
         return _at_least_one_pixel(super().get_transform(image))
 
 
-def build_lsj_augmentation(cfg, is_train):
+def build_lsj_augmentation(cfg, is_train, seg_pad_value=None):
     """Training: random flip, resize so the image fits INPUT.IMAGE_SIZE x a random factor in
-    [INPUT.MIN_SCALE, INPUT.MAX_SCALE], random crop to at most INPUT.IMAGE_SIZE square. Smaller
-    images are not padded (the model pads a batch only to a multiple of 32).
+    [INPUT.MIN_SCALE, INPUT.MAX_SCALE], random crop to at most INPUT.IMAGE_SIZE square; with
+    INPUT.LSJ_PAD (the default, as Mask2Former's ``FixedSizeCrop`` and EoMT do) a smaller crop
+    is padded at its bottom/right to the IMAGE_SIZE square with INPUT.LSJ_PAD_VALUE, and its
+    label map / masks with ``seg_pad_value`` (None: MODEL.SEM_SEG_HEAD.IGNORE_VALUE, ignored by
+    the loss; an instance mapper passes 0, not the object). Without it each crop keeps its size
+    (the model pads a batch only to its size multiple).
     Testing: detectron2's shortest-edge resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)."""
     if not is_train:
         return [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
     size = cfg.INPUT.IMAGE_SIZE
+    if seg_pad_value is None:
+        seg_pad_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     augs = []
     if cfg.INPUT.RANDOM_FLIP != "none":
         augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
                                  vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
     augs += [ResizeScale(min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE,
                            target_height=size, target_width=size),
-             T.FixedSizeCrop(crop_size=(size, size), pad=False)]
+             T.FixedSizeCrop(crop_size=(size, size), pad=cfg.INPUT.LSJ_PAD,
+                             pad_value=cfg.INPUT.LSJ_PAD_VALUE, seg_pad_value=seg_pad_value)]
     return augs

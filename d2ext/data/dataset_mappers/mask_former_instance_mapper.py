@@ -19,7 +19,8 @@ class MaskFormerInstanceDatasetMapper:
 
     Crowd regions are dropped (Mask2Former does not learn from them); instances that the crop
     or resize left empty (no mask pixel, or a degenerate box) are removed; images without any
-    instance still train the "no object" class.
+    instance still train the "no object" class. Training crops are padded to INPUT.IMAGE_SIZE
+    with INPUT.LSJ_PAD (``build_lsj_augmentation``), their masks with 0.
     """
 
     @configurable
@@ -30,7 +31,9 @@ class MaskFormerInstanceDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
-        return {"is_train": is_train, "augmentations": build_lsj_augmentation(cfg, is_train),
+        # RLE masks are padded through the transforms as images: with 0, outside the object.
+        return {"is_train": is_train,
+                "augmentations": build_lsj_augmentation(cfg, is_train, seg_pad_value=0),
                 "image_format": cfg.INPUT.FORMAT}
 
     def __call__(self, dataset_dict):

@@ -7,15 +7,23 @@ from .coco_instances import (
     read_categories,
     register_coco_dataset,
 )
+from .coco_panoptic import (
+    load_coco_panoptic,
+    panoptic_class_metadata,
+    register_coco_panoptic_dataset,
+)
 
 # Semantic segmentation datasets.
 from .sem_seg_folders import load_sem_seg_folders, register_sem_seg_dataset
+from .synthetic_panoptic import register_synthetic_panoptic
 from .synthetic_sem_seg import register_synthetic_sem_seg
 from .synthetic_shapes import SYNTHETIC_CLASSES, register_synthetic_shapes
 
 __all__ = ["DatasetError", "SYNTHETIC_CLASSES", "coco_class_metadata", "evaluation_thing_classes",
-           "load_coco_instances", "load_sem_seg_folders", "read_categories",
-           "register_coco_dataset", "register_datasets_from_cfg", "register_sem_seg_dataset",
+           "load_coco_instances", "load_coco_panoptic", "load_sem_seg_folders",
+           "panoptic_class_metadata", "read_categories", "register_coco_dataset",
+           "register_coco_panoptic_dataset", "register_datasets_from_cfg",
+           "register_sem_seg_dataset", "register_synthetic_panoptic",
            "register_synthetic_sem_seg", "register_synthetic_shapes"]
 
 
@@ -37,20 +45,25 @@ def evaluation_thing_classes(cfg):
     return list(classes or [])
 
 
-def _triples(entries, key, fields):
-    """The entries of DATASETS.<key>, each checked to be [name, <fields>]."""
+def _entries(entries, key, fields):
+    """The entries of DATASETS.<key>, each checked to be [name, <fields>] (comma-separated)."""
     for entry in entries:
-        if len(entry) != 3:
+        if len(entry) != 2 + fields.count(","):
             raise DatasetError(f"DATASETS.{key} entry {entry!r}: expected [name, {fields}].")
         yield entry
 
 
 def register_datasets_from_cfg(cfg):
-    """Register what the config names: DATASETS.COCO_INSTANCES and the synthetic dataset."""
+    """Register what the config names: DATASETS.COCO_INSTANCES, DATASETS.COCO_PANOPTIC, the
+    semantic folders and the synthetic datasets."""
     syn = cfg.DATASETS.SYNTHETIC
     register_synthetic_shapes(syn.ROOT or None, syn.NUM_TRAIN, syn.NUM_VAL, syn.IMAGE_SIZE)
-    for entry in _triples(cfg.DATASETS.COCO_INSTANCES, "COCO_INSTANCES", "json_file, image_root"):
+    register_synthetic_panoptic(syn.ROOT or None, syn.NUM_TRAIN, syn.NUM_VAL, syn.IMAGE_SIZE)
+    for entry in _entries(cfg.DATASETS.COCO_INSTANCES, "COCO_INSTANCES", "json_file, image_root"):
         register_coco_dataset(*entry)
+    for entry in _entries(cfg.DATASETS.COCO_PANOPTIC, "COCO_PANOPTIC",
+                          "panoptic_json, panoptic_png_dir, image_dir"):
+        register_coco_panoptic_dataset(*entry)
     _register_sem_seg_from_cfg(cfg)
 
 
@@ -60,9 +73,10 @@ def _register_sem_seg_from_cfg(cfg):
     classes = list(cfg.DATASETS.SEM_SEG_CLASSES) or \
         [f"class_{i}" for i in range(head.NUM_CLASSES)]
     register_synthetic_sem_seg(head.IGNORE_VALUE)
-    for entry in _triples(cfg.DATASETS.SEM_SEG, "SEM_SEG", "image_dir, mask_dir"):
+    for entry in _entries(cfg.DATASETS.SEM_SEG, "SEM_SEG", "image_dir, mask_dir"):
         register_sem_seg_dataset(*entry, classes=classes, ignore_value=head.IGNORE_VALUE)
 
 
 register_synthetic_shapes()  # default sizes, so the names exist as soon as d2ext is imported
 register_synthetic_sem_seg()
+register_synthetic_panoptic()

@@ -43,6 +43,13 @@ def _draw_scene(rng, size):
     base = rng.integers(40, 215, size=3)
     noise = rng.normal(0, 18, size=(size, size, 3))
     image = np.clip(base + noise, 0, 255).astype(np.uint8)
+    return draw_shapes(rng, image)
+
+
+def draw_shapes(rng, image):
+    """1-4 random shapes drawn over ``image`` (size x size x 3 uint8); returns the drawing and
+    its instances as (class index, visible mask) for those with at least 20 visible pixels."""
+    size = image.shape[0]
     canvas = Image.fromarray(image)
     occupancy = np.zeros((size, size), dtype=np.int32)  # later shapes occlude earlier ones
     classes = []
@@ -86,23 +93,27 @@ def _generate(directory, num_images, image_size, seed):
         json.dump(dict(images=images, annotations=annotations, categories=categories), f)
 
 
-def ensure_synthetic_split(directory, num_images, image_size, seed):
-    """Generate the split into ``directory`` unless a complete copy is already there.
+def ensure_synthetic_split(directory, num_images, image_size, seed, generate=None,
+                           marker="annotations.json"):
+    """Generate the split into ``directory`` unless a complete copy is already there (its
+    ``marker`` file exists), with ``generate(directory, num_images, image_size, seed)`` (the
+    shapes dataset's generator by default).
 
     Written to a temporary sibling and renamed into place, so concurrent processes (multi-GPU
     launch) and interrupted runs never leave a half-written dataset behind.
     """
-    if os.path.isfile(os.path.join(directory, "annotations.json")):
+    generate = generate or _generate
+    if os.path.isfile(os.path.join(directory, marker)):
         return
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
         logger.info(f"Generating {num_images} synthetic images into {directory} ...")
-        _generate(os.path.join(tmp, "split"), num_images, image_size, seed)
+        generate(os.path.join(tmp, "split"), num_images, image_size, seed)
         os.replace(os.path.join(tmp, "split"), directory)
     except OSError:
-        if not os.path.isfile(os.path.join(directory, "annotations.json")):
+        if not os.path.isfile(os.path.join(directory, marker)):
             raise  # not merely another process finishing first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

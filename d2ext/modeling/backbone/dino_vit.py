@@ -157,13 +157,23 @@ class DinoViTBackbone(Backbone):
             # the 16x16 input cell (i, j): boxes and masks stay aligned at stride 16.
             x = F.interpolate(x, size=(grid_h * self.arch.patch, grid_w * self.arch.patch),
                               mode="bilinear", align_corners=False, antialias=False)
-        hidden = self.vit(pixel_values=x, output_hidden_states=True).hidden_states
+        # The blocks are run here rather than through the transformers model with
+        # output_hidden_states: the same operations, without the hook installation (a lock)
+        # that torch.compile cannot trace (MODEL.COMPILE compiles this backbone in one graph).
+        extra = {}
+        if self.arch.family == "dinov3":  # as DINOv3ViTModel.forward
+            x = x.to(self.vit.embeddings.patch_embeddings.weight.dtype)
+            extra["position_embeddings"] = self.vit.rope_embeddings(x)
+        tokens = self.vit.embeddings(x)
         skip = self.arch.num_prefix_tokens
         final_norm = self.final_norm
-        maps = []
-        for b in self.out_blocks:
-            tokens = final_norm(hidden[b + 1])[:, skip:]
-            maps.append(tokens.transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w))
+        maps = {}
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, **extra)
+            if i in self.out_blocks:
+                normed = final_norm(tokens)[:, skip:]
+                maps[i] = normed.transpose(1, 2).reshape(x.shape[0], -1, grid_h, grid_w)
+        maps = [maps[b] for b in self.out_blocks]
         return {"vit": maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)}
 
     def output_shape(self):

@@ -1,6 +1,6 @@
 """transformers' EoMT (``EomtForUniversalSegmentation``, ``EomtDinov3ForUniversalSegmentation``)
 -> a d2ext config and a detectron2 checkpoint of d2ext's ``EoMT`` (used by
-tools/convert_hf_eomt.py)."""
+tools/convert_eomt.py; the EoMT repository's own checkpoints: eomt_zoo.py)."""
 import os
 
 import torch
@@ -12,7 +12,8 @@ from ..backbone.archs import DINO_ARCHS
 
 
 class EomtConversionError(UserError, RuntimeError):
-    """A transformers EoMT model could not be found or has no d2ext equivalent."""
+    """An EoMT model (transformers' or the EoMT repository's checkpoint) could not be found,
+    has no d2ext equivalent, or is given with the wrong base weights."""
 
 
 def _offline_error(src, err):

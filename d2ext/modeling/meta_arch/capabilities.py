@@ -9,6 +9,7 @@ Each d2ext meta-architecture states its ``Capabilities`` as the class attribute
 meta-architecture without a declaration (another project's) gets ``Capabilities()``: trainable,
 no class-count check, not exportable.
 """
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
@@ -16,9 +17,13 @@ import torch
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-__all__ = ["BenchmarkParts", "Capabilities", "ExportInterface", "PredictGraph", "capabilities",
-           "declare", "not_exportable_message", "run_as_detectron2_inputs"]
+from ...errors import UserError
 
+__all__ = ["BenchmarkParts", "Capabilities", "ExportInterface", "PredictGraph", "capabilities",
+           "compile_configured", "compile_network", "declare", "not_exportable_message",
+           "run_as_detectron2_inputs"]
+
+logger = logging.getLogger(__name__)
 _DECLARED = {}  # class -> Capabilities, for classes d2ext does not own (detectron2's)
 
 
@@ -50,6 +55,10 @@ class ExportInterface:
         None (the exporter adds the backbone's reasons).
     graph_constants(model): state a graph fixes, written into export.json (EoMT's masked
         attention probabilities); raises ``ValueError`` for a state no graph can hold.
+    test_protocol(cfg): None where the runtime pads each image as ``inputs`` says; else
+        ``fn(batched_inputs, predict)`` -> per image the output dict, feeding the graph as the
+        eager model's inference does (EoMT's evaluation protocol: black-padded squares,
+        windows), ``predict`` mapping normalised (N, 3, H, W) to the raw outputs by name.
     """
 
     output_names: Callable
@@ -62,6 +71,7 @@ class ExportInterface:
     max_opset: Optional[int] = None
     fixed_size_reason: Callable = _nothing
     graph_constants: Callable = lambda model: {}
+    test_protocol: Callable = lambda cfg: None
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,19 @@ class Capabilities:
     trained_state(model): puts a freshly built model into the state a trained one runs in
         (EoMT: masked attention off), for benchmarks on random weights.
     load_graph_constants(model, constants): gives the model the state an export fixed.
+    step_loss_context(model, batched_inputs): where its losses are normalised over the whole
+        batch (the set criterion's mask count), a context manager within which they are
+        normalised by ``batched_inputs`` (one optimizer step's, on this process; a collective
+        where it counts over processes) while gradient accumulation passes each micro-batch:
+        the micro-batches' losses then add up unscaled. None (the default) where the losses
+        are per-image means (detectron2's): each micro-batch's loss then weighs its share of
+        the step's images.
     export: its ``ExportInterface``, or None with ``not_exportable`` saying why.
     benchmark: its ``BenchmarkParts``.
+    compiled_parts(model): name -> (owner, attribute): the network that MODEL.COMPILE compiles
+        (``compile_network``), a submodule or a method of ``owner`` whose first argument is the
+        normalised, padded image batch, free of graph breaks; the data-dependent pre- and
+        post-processing around it stay eager. {} (the default): nothing is compiled.
     """
 
     name: str = ""  # the meta-architecture's registered name, filled in by ``capabilities``
@@ -128,10 +149,12 @@ class Capabilities:
     lr_factor_func: Callable = _nothing
     trained_state: Callable = _nothing
     load_graph_constants: Callable = _nothing
+    step_loss_context: Callable = _nothing
     export: Optional[ExportInterface] = None
     not_exportable: str = "d2ext declares no export for it"
     benchmark: BenchmarkParts = field(default_factory=lambda: BenchmarkParts(
         predict=run_as_detectron2_inputs))
+    compiled_parts: Callable = lambda model: {}
 
 
 def declare(cls, caps):
@@ -166,6 +189,41 @@ def capabilities(cfg_or_model):
                              f"of {names}.")
         cls = META_ARCH_REGISTRY.get(name)
     return replace(_lookup(cls), name=cls.__name__)
+
+
+def compile_network(model, **options):
+    """``torch.compile`` (with ``options``) the model's ``compiled_parts`` in place: a
+    submodule by ``nn.Module.compile`` (its parameters and state dict keep their names), a
+    method by an instance attribute of its compiled version. Returns the compiled parts' names
+    ([] where the model declares none)."""
+    model = getattr(model, "module", model)  # DDP-wrapped
+    parts = capabilities(model).compiled_parts(model)
+    for owner, attribute in parts.values():
+        target = getattr(owner, attribute)
+        if isinstance(target, nn.Module):
+            target.compile(**options)
+        else:
+            setattr(owner, attribute, torch.compile(target, **options))
+    return list(parts)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_configured(cfg, model):
+    """Where MODEL.COMPILE is set, ``compile_network(model)`` with MODEL.COMPILE_MODE: the
+    trainer, evaluation and predictor call it on the models they build. Returns the compiled
+    parts' names."""
+    if not cfg.MODEL.COMPILE:
+        return []
+    mode = cfg.MODEL.COMPILE_MODE
+    if mode not in COMPILE_MODES:
+        raise UserError(f"MODEL.COMPILE_MODE={mode!r}: choose one of {list(COMPILE_MODES)}.")
+    parts = compile_network(model, mode=None if mode == "default" else mode)
+    if not parts:
+        logger.warning(f"MODEL.COMPILE: {capabilities(model).name} declares no part to compile; "
+                       "it runs eager.")
+    return parts
 
 
 def not_exportable_message(caps):

@@ -23,6 +23,12 @@ def backbone_parts(model):
     return {"backbone": model.backbone}, {}
 
 
+def compiled_backbone(model):
+    """The backbone alone: the proposal and ROI heads branch on tensor values (box filtering,
+    NMS, per-image loops) and stay eager."""
+    return {"backbone": (model, "backbone")}
+
+
 def mask_rcnn_inference(model, images, image_size, output_names):
     """detectron2's ``GeneralizedRCNN.inference`` from the normalised, padded image to the ROI
     heads' ``Instances``, before ``detector_postprocess``: images (1, 3, H, W) and image_size
@@ -68,7 +74,8 @@ declare(GeneralizedRCNN, Capabilities(
         formats=("onnx",), traced=True, max_opset=20,
         formats_reason="detectron2's RPN and box head branch on tensor values (e.g. `if not "
         "valid_mask.all()`), which torch.export cannot capture"),
-    benchmark=BenchmarkParts(predict=run_as_detectron2_inputs, parts=backbone_parts)))
+    benchmark=BenchmarkParts(predict=run_as_detectron2_inputs, parts=backbone_parts),
+    compiled_parts=compiled_backbone))
 
 SEMANTIC = dict(num_classes_key="MODEL.SEM_SEG_HEAD.NUM_CLASSES", class_metadata="stuff_classes",
                 outputs=lambda cfg: ("sem_seg",))
@@ -76,4 +83,5 @@ SEMANTIC = dict(num_classes_key="MODEL.SEM_SEG_HEAD.NUM_CLASSES", class_metadata
 declare(SemanticSegmentor, Capabilities(
     not_exportable="its logits are resampled outside any graph; use "
     "DinoSemanticSegmentor", benchmark=BenchmarkParts(predict=run_as_detectron2_inputs,
-                                                      parts=backbone_parts), **SEMANTIC))
+                                                      parts=backbone_parts),
+    compiled_parts=compiled_backbone, **SEMANTIC))

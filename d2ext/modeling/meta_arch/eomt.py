@@ -19,16 +19,22 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ...errors import UserError
 from ..backbone.dino_vit import DinoViTBackbone
 from ..criterion import build_set_criterion
-from ..postprocessing import MaskFormerInference
+from ..postprocessing import MaskFormerInference, semantic_inference
 from .mask_classification import (
     MaskClassificationModel,
     mask_classification_benchmark,
     mask_classification_capabilities,
 )
 
-__all__ = ["EoMT", "adapt_vit_for_eomt", "mask_annealing_probs"]
+__all__ = ["EoMT", "EomtTestProtocol", "adapt_vit_for_eomt", "build_test_protocol",
+           "mask_annealing_probs", "window_starts"]
+
+# Masked attention of one block with queries (``EoMT.predict_network``): none, every query
+# inside its predicted mask, or each query masked with the block's annealed probability.
+MASK_OFF, MASK_ON, MASK_RANDOM = 0, 1, 2
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -141,6 +147,126 @@ def adapt_vit_for_eomt(backbone, patch_size=0, image_size=0):
     return patch
 
 
+def fitted_size(size, side, longer):
+    """EoMT's test-time resize: (h, w) scaled so that its longer (``longer``) or shorter side
+    becomes ``side``, each side rounded (at least 1 pixel)."""
+    factor = side / (max(size) if longer else min(size))
+    return tuple(max(1, round(s * factor)) for s in size)
+
+
+def window_starts(length, side):
+    """EoMT's semantic windows along a side of ``length`` >= ``side``: the start offsets of
+    ceil(length / side) windows of ``side`` pixels, the first at 0, the last ending at
+    ``length``, their overlap spread evenly between them."""
+    count = math.ceil(length / side)
+    overlap = count * side - length
+    step = side - (overlap / (count - 1) if count > 1 and overlap > 0 else 0)
+    return [int(j * step) for j in range(count)]
+
+
+class EomtTestProtocol:
+    """EoMT's evaluation protocol (tue-mps/eomt ``training/lightning_module.py``), the way its
+    published PQ / AP / mIoU are measured, for the eager model and its exports alike.
+
+    Instance / panoptic (``windows`` False): each image is resized so that its longer side is
+    ``size`` (skipped when the test-time mapper already did so, as the configs in configs/eomt/
+    do with PIL's bilinear resize, EoMT's), padded at its bottom/right with black pixels (0
+    before normalisation, i.e. ``-mean / std`` after) to the ``size`` x ``size`` square, and the
+    predictions inside the image resized to the output size by ``postprocessor``.
+    Semantic (``windows`` True): the shorter side is resized to ``size``; ``size`` x ``size``
+    windows at ``window_starts`` along the longer side each give per-pixel class scores
+    (``semantic_inference`` on mask logits upsampled to the window, as EoMT does), which are
+    averaged where windows overlap and resized bilinearly to the output size.
+
+    Call with detectron2's inputs ("image" (3, h, w) pixel values in INPUT.FORMAT, optional
+    "height"/"width": the output size) and ``predict``: normalised (N, 3, size, size) ->
+    {"pred_logits" (N, Q, K+1), "pred_masks" (N, Q, h', w')}. Returns per image the output dict
+    of ``postprocessor`` (windows: {"sem_seg" (K, H, W)}).
+
+    Where the model resizes itself (the mapper left another size) it resamples the pixel
+    values bilinearly with antialiasing, rounded to integers, close to but not exactly PIL's
+    resize of the original image.
+    """
+
+    def __init__(self, *, size, windows, pixel_mean, pixel_std, postprocessor):
+        self.size, self.windows, self.postprocessor = size, windows, postprocessor
+        self.pixel_mean = torch.as_tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1)
+        self.pixel_std = torch.as_tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1)
+
+    def _resized(self, image, device):
+        image = image.to(device).float()
+        size = fitted_size(tuple(image.shape[-2:]), self.size, longer=not self.windows)
+        if size != tuple(image.shape[-2:]):
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                                  antialias=True)[0].round().clamp(0, 255)
+        return image
+
+    def _normalised(self, images):
+        return (images - self.pixel_mean.to(images.device)) / self.pixel_std.to(images.device)
+
+    def __call__(self, batched_inputs, predict, device="cpu"):
+        out_sizes = [(x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1]))
+                     for x in batched_inputs]
+        images = [self._resized(x["image"], device) for x in batched_inputs]
+        if self.windows:
+            return self._windows(images, out_sizes, predict)
+        side = self.size
+        padded = torch.stack([F.pad(im, (0, side - im.shape[-1], 0, side - im.shape[-2]))
+                              for im in images])  # zeros before normalising: black
+        out = predict(self._normalised(padded))
+        return [self.postprocessor(logits, masks, (side, side), tuple(im.shape[-2:]), size)
+                for logits, masks, im, size in zip(out["pred_logits"], out["pred_masks"],
+                                                   images, out_sizes)]
+
+    def _windows(self, images, out_sizes, predict):
+        side = self.size
+        crops, origins = [], []
+        for i, image in enumerate(images):
+            along_h = image.shape[-2] > image.shape[-1]
+            for start in window_starts(max(image.shape[-2:]), side):
+                crops.append(image[:, start:start + side] if along_h
+                             else image[:, :, start:start + side])
+                origins.append((i, start, along_h))
+        out = predict(self._normalised(torch.stack(crops)))
+        sums = [None] * len(images)
+        counts = [torch.zeros(im.shape[-2:], device=im.device) for im in images]
+        for logits, masks, (i, start, along_h) in zip(out["pred_logits"], out["pred_masks"],
+                                                      origins):
+            masks = F.interpolate(masks[None].float(), size=(side, side), mode="bilinear",
+                                  align_corners=False)[0]
+            scores = semantic_inference(logits.float(), masks)
+            if sums[i] is None:
+                sums[i] = scores.new_zeros((scores.shape[0], *images[i].shape[-2:]))
+            window = (slice(None), slice(start, start + side)) if along_h \
+                else (slice(None), slice(None), slice(start, start + side))
+            sums[i][window] += scores
+            counts[i][window[1:]] += 1
+        return [{"sem_seg": F.interpolate((total / count)[None], size=tuple(size),
+                                          mode="bilinear", align_corners=False)[0]}
+                for total, count, size in zip(sums, counts, out_sizes)]
+
+
+def build_test_protocol(protocol, size, pixel_mean, pixel_std, postprocessor):
+    """MODEL.EOMT.TEST.PROTOCOL -> an ``EomtTestProtocol`` ("eomt": windows where the semantic
+    output is the only one) or None ("any_size")."""
+    if protocol not in ("eomt", "any_size"):
+        raise UserError(f"MODEL.EOMT.TEST.PROTOCOL {protocol!r}: choose 'eomt' (EoMT's "
+                        "evaluation) or 'any_size' (pad to the patch multiple).")
+    if protocol == "any_size":
+        return None
+    post = postprocessor
+    windows = post.semantic_on and not (post.instance_on or post.panoptic_on)
+    return EomtTestProtocol(size=size, windows=windows, pixel_mean=pixel_mean,
+                            pixel_std=pixel_std, postprocessor=post)
+
+
+def _export_test_protocol(cfg):
+    """An export is fed as the eager model's inference feeds the network."""
+    return build_test_protocol(cfg.MODEL.EOMT.TEST.PROTOCOL, cfg.INPUT.IMAGE_SIZE,
+                               cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD,
+                               MaskFormerInference(cfg))
+
+
 def _graph_constants(model):
     """A graph cannot branch on a buffer's values: it fixes the masked-attention
     probabilities, which must be 0 or 1 (random masking in between cannot be reproduced)."""
@@ -172,8 +298,11 @@ def _benchmark_parts(model):
 class EoMT(MaskClassificationModel):
     """Encoder-only Mask Transformer on a DINOv2 / DINOv3 ViT (``DinoViTBackbone``).
 
-    Inputs and outputs: ``MaskClassificationModel``'s. Any H, W: images are padded only to the
-    patch multiple (never to a square).
+    Inputs and outputs: ``MaskClassificationModel``'s. Inference (MODEL.EOMT.TEST.PROTOCOL):
+    "eomt" feeds the network as EoMT's evaluation does (``EomtTestProtocol``: black-padded
+    INPUT.IMAGE_SIZE squares, or overlapping windows for semantic); "any_size" pads each image
+    only to the patch multiple (never to a square), with the normalised mean: faster, but the
+    ViT then sees other inputs than EoMT's published figures were measured on.
 
     ``predict(images)``: normalised (N, 3, H, W) -> class logits (N, Q, K+1) and mask logits
     (N, Q, 4 * ceil(H / p), 4 * ceil(W / p)) for patch size p (masks at 1/4 resolution).
@@ -184,7 +313,9 @@ class EoMT(MaskClassificationModel):
 
     capabilities = mask_classification_capabilities(
         graph_constants=_graph_constants, load_graph_constants=_load_graph_constants,
+        test_protocol=_export_test_protocol,
         trained_state=_trained_state, lr_factor_func=lambda model, cfg: model.lr_factor_func(cfg),
+        compiled_parts=lambda model: {"network": (model, "predict_network")},
         benchmark=mask_classification_benchmark("hf_eomt", "MODEL.EOMT.NUM_QUERIES",
                                                 _benchmark_parts))
 
@@ -194,7 +325,7 @@ class EoMT(MaskClassificationModel):
                  criterion=None,
                  postprocessor=None, pixel_mean=(123.675, 116.28, 103.53),
                  pixel_std=(58.395, 57.12, 57.375), anneal_start_iters=(), anneal_end_iters=(),
-                 anneal_power=0.9):
+                 anneal_power=0.9, test_protocol="any_size", test_size=0):
         super().__init__(criterion=criterion, postprocessor=postprocessor, pixel_mean=pixel_mean,
                          pixel_std=pixel_std, size_divisibility=1)
         if not isinstance(backbone, DinoViTBackbone):
@@ -231,6 +362,18 @@ class EoMT(MaskClassificationModel):
         self.register_buffer("attn_mask_probs", torch.ones(num_blocks))
         self.anneal = (tuple(anneal_start_iters), tuple(anneal_end_iters), anneal_power)
         self.size_divisibility = self.patch_size
+        self.test_protocol = self._build_test_protocol(test_protocol, test_size, pixel_mean,
+                                                       pixel_std)
+
+    def _build_test_protocol(self, protocol, size, pixel_mean, pixel_std):
+        if protocol == "eomt" and (size <= 0 or size % self.patch_size):
+            raise UserError(f"INPUT.IMAGE_SIZE {size}: MODEL.EOMT.TEST.PROTOCOL 'eomt' feeds "
+                            f"squares of that side, which must be a positive multiple of the "
+                            f"patch size {self.patch_size}; set it so or use 'any_size'.")
+        if protocol == "eomt" and self.postprocessor is None:
+            raise UserError("MODEL.EOMT.TEST.PROTOCOL 'eomt' needs a postprocessor (build the "
+                            "model from a config).")
+        return build_test_protocol(protocol, size, pixel_mean, pixel_std, self.postprocessor)
 
     @classmethod
     def from_config(cls, cfg):
@@ -244,7 +387,13 @@ class EoMT(MaskClassificationModel):
             "postprocessor": MaskFormerInference(cfg), "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD, "anneal_start_iters": e.ANNEAL_START_ITERS,
             "anneal_end_iters": e.ANNEAL_END_ITERS, "anneal_power": e.ANNEAL_POWER,
+            "test_protocol": e.TEST.PROTOCOL, "test_size": cfg.INPUT.IMAGE_SIZE,
         }
+
+    def inference(self, batched_inputs):
+        if self.test_protocol is None:  # "any_size"
+            return super().inference(batched_inputs)
+        return self.test_protocol(batched_inputs, self.predict, self.device)
 
     def lr_factor_func(self, cfg):
         """EoMT's layer-wise LR decay (d2ext.solver reads it): block i of the ViT's L gets
@@ -290,12 +439,13 @@ class EoMT(MaskClassificationModel):
     def _attention_mask(self, mask_logits, grid, prob):
         """Boolean (N, 1, T, T) mask, True = may attend: queries see only the patches inside
         their predicted mask, except a random (1 - prob) share of queries that see everything.
-        """
+        ``prob``: None for probability 1 (no random share), else a 0-dim tensor (a tensor, so
+        that a compiled network does not recompile for each value of the annealing)."""
         n, q = mask_logits.shape[:2]
         tokens = q + self.num_prefix_tokens + grid[0] * grid[1]
         mask = torch.ones(n, tokens, tokens, dtype=torch.bool, device=mask_logits.device)
         inside = F.interpolate(mask_logits, size=grid, mode="bilinear").flatten(2) > 0
-        if prob < 1:
+        if prob is not None:
             inside |= (torch.rand(n, q, device=mask_logits.device) > prob)[..., None]
         mask[:, :q, q + self.num_prefix_tokens:] = inside
         return mask[:, None]
@@ -317,25 +467,41 @@ class EoMT(MaskClassificationModel):
         predictions made before each block with queries.
 
         ``attn_mask_probs``: one float per block with queries, in place of the buffer's values
-        (a graph export fixes them, as it cannot branch on a buffer's contents)."""
+        (a graph export fixes them, as it cannot branch on a buffer's contents).
+
+        The network itself runs in ``predict_network`` (what MODEL.COMPILE compiles): the
+        probabilities' values are read here, as a graph cannot branch on them either."""
+        probs = self.attn_mask_probs.tolist() if attn_mask_probs is None else attn_mask_probs
+        modes = tuple(MASK_OFF if p <= 0 else MASK_ON if p >= 1 else MASK_RANDOM for p in probs)
+        values = None
+        if MASK_RANDOM in modes:
+            values = self.attn_mask_probs if attn_mask_probs is None else torch.tensor(
+                probs, dtype=torch.float32, device=images.device)
+        return self.predict_network(images, modes, values)
+
+    def predict_network(self, images, modes, probs=None):
+        """``predict`` with the masked attention of each block with queries given as ``modes``
+        (MASK_OFF, MASK_ON, or MASK_RANDOM: each query unmasked with probability 1 - ``probs``
+        [block], a tensor) -> ``predict``'s outputs. Free of graph breaks: ``torch.compile``
+        traces it whole, and recompiles only when ``modes`` change (a few times in training)."""
         grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
         x = self.vit.embeddings(images)
         extra = {"position_embeddings": self.vit.rope_embeddings(images)} if self.is_dinov3 \
             else {}
         first_query_block = len(self.blocks) - self.num_blocks
-        probs = self.attn_mask_probs.tolist() if attn_mask_probs is None else attn_mask_probs
         aux = []
         for i, block in enumerate(self.blocks):
             mask = None
             if i == first_query_block:
                 x = torch.cat([self.query.weight.expand(x.shape[0], -1, -1), x], dim=1)
-            if i >= first_query_block and (self.training or probs[i - first_query_block] > 0):
+            j = i - first_query_block
+            if j >= 0 and (self.training or modes[j] != MASK_OFF):
                 # Predict from the current tokens: deep supervision and the attention mask.
                 mask_logits, class_logits = self._predict_heads(self.final_norm(x), grid)
                 aux.append({"pred_logits": class_logits, "pred_masks": mask_logits})
-                prob = probs[i - first_query_block]
-                if prob > 0:
-                    mask = self._attention_mask(mask_logits, grid, prob)
+                if modes[j] != MASK_OFF:
+                    mask = self._attention_mask(
+                        mask_logits, grid, probs[j] if modes[j] == MASK_RANDOM else None)
             x = block(x, attention_mask=mask, **extra)
         mask_logits, class_logits = self._predict_heads(self.final_norm(x), grid)
         out = {"pred_logits": class_logits, "pred_masks": mask_logits}

@@ -5,6 +5,7 @@ import torch
 from detectron2.structures import ImageList
 from torch import nn
 
+from ..criterion import StepTargets, step_targets
 from ..postprocessing import MaskFormerInference
 from .capabilities import BenchmarkParts, Capabilities, ExportInterface, PredictGraph
 
@@ -28,20 +29,31 @@ def _export_postprocessor(cfg):
     return postprocess
 
 
+def _step_loss_context(model, batched_inputs):
+    """The set criterion normalised by the whole step's targets (``prepare_targets``'
+    instances), for gradient accumulation."""
+    counts = [len(x["instances"]) if "instances" in x else 0 for x in batched_inputs]
+    return step_targets(StepTargets.gather(counts, next(model.parameters()).device))
+
+
 def mask_classification_capabilities(*, fixed_size_reason=None, graph_constants=None,
-                                     benchmark, **fields):
-    """The ``Capabilities`` every mask-classification model shares, with its own parts."""
+                                     test_protocol=None, benchmark, **fields):
+    """The ``Capabilities`` every mask-classification model shares, with its own parts. The
+    compiled network is ``predict`` (backbone and heads; a model whose ``predict`` reads values
+    a graph cannot branch on names another method in ``compiled_parts``)."""
     constants = graph_constants or (lambda model: {})
+    fields.setdefault("compiled_parts", lambda model: {"network": (model, "predict")})
     export = ExportInterface(
         output_names=lambda model: ["pred_logits", "pred_masks"],
         graph=lambda model, names: PredictGraph(model, names, constants(model)).eval(),
         postprocessor=_export_postprocessor, graph_constants=constants,
-        **({"fixed_size_reason": fixed_size_reason} if fixed_size_reason else {}))
+        **({"fixed_size_reason": fixed_size_reason} if fixed_size_reason else {}),
+        **({"test_protocol": test_protocol} if test_protocol else {}))
     return Capabilities(
         num_classes_key="MODEL.SEM_SEG_HEAD.NUM_CLASSES",
         outputs=mask_classification_outputs, train_mapper="mask_former_instance_lsj",
         padding_multiple=lambda model: model.size_divisibility, export=export,
-        benchmark=benchmark, **fields)
+        benchmark=benchmark, step_loss_context=_step_loss_context, **fields)
 
 
 def mask_classification_benchmark(peer, num_queries_key, parts):
@@ -119,10 +131,16 @@ class MaskClassificationModel(nn.Module):
         """``predict``'s outputs for the criterion (a subclass adds or drops supervision)."""
         return self.predict(images)
 
-    def forward(self, batched_inputs):
+    def inference(self, batched_inputs):
+        """Per image the output dict: normalise, pad to the size multiple, ``predict``,
+        ``postprocess`` (a subclass may feed the network otherwise, e.g. EoMT's protocol)."""
         images = self.preprocess_image(batched_inputs)
-        if self.training:
-            outputs = self.training_outputs(images.tensor)
-            return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
         return self.postprocess(self.predict(images.tensor), batched_inputs, images)
+
+    def forward(self, batched_inputs):
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        outputs = self.training_outputs(images.tensor)
+        return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
 

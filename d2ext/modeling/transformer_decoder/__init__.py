@@ -1,4 +1,4 @@
 from .masked_attention_decoder import (
-                                       TRANSFORMER_DECODER_REGISTRY,
-                                       MultiScaleMaskedTransformerDecoder,
+    TRANSFORMER_DECODER_REGISTRY,
+    MultiScaleMaskedTransformerDecoder,
 )
