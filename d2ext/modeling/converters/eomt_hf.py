@@ -65,6 +65,22 @@ def _find_arch(family, config, mlp, gated, patch):
         f"{patch}); add an entry for it to DINO_ARCHS.")
 
 
+def eomt_cfg(arch, num_classes, num_queries, num_blocks, weights=""):
+    """The d2ext config of a converted EoMT: the bare DINO ViT ``arch``, ``num_classes``
+    classes, ``num_queries`` queries joining its last ``num_blocks`` blocks, MODEL.WEIGHTS
+    ``weights``."""
+    cfg = get_d2ext_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "EoMT"
+    cfg.MODEL.BACKBONE.NAME = "build_dino_vit_backbone"
+    cfg.MODEL.DINO.ARCH = arch
+    cfg.MODEL.DINO.WEIGHTS = ""
+    cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
+    cfg.MODEL.EOMT.NUM_QUERIES = num_queries
+    cfg.MODEL.EOMT.NUM_BLOCKS = num_blocks
+    return cfg
+
+
 def eomt_cfg_from_hf(hf_config, weights=""):
     """The d2ext config (detectron2 CfgNode) that builds d2ext's EoMT with the architecture of
     the transformers EoMT config ``hf_config``; MODEL.WEIGHTS = ``weights``."""
@@ -85,15 +101,7 @@ def eomt_cfg_from_hf(hf_config, weights=""):
                                       "DINOv2 ViTs have 0 or 4 register tokens.")
         family = "dinov2_reg" if c.num_register_tokens else "dinov2"
         arch = _find_arch(family, c, c.mlp_ratio * c.hidden_size, c.use_swiglu_ffn, patch)
-    cfg = get_d2ext_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "EoMT"
-    cfg.MODEL.BACKBONE.NAME = "build_dino_vit_backbone"
-    cfg.MODEL.DINO.ARCH = arch
-    cfg.MODEL.DINO.WEIGHTS = ""
-    cfg.MODEL.WEIGHTS = weights
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = c.num_labels
-    cfg.MODEL.EOMT.NUM_QUERIES = c.num_queries
-    cfg.MODEL.EOMT.NUM_BLOCKS = c.num_blocks
+    cfg = eomt_cfg(arch, c.num_labels, c.num_queries, c.num_blocks, weights)
     cfg.MODEL.EOMT.NUM_UPSCALE_BLOCKS = c.num_upscale_blocks
     cfg.MODEL.EOMT.PATCH_SIZE = patch if patch != DINO_ARCHS[arch].patch else 0
     cfg.MODEL.EOMT.IMAGE_SIZE = image_size if c.model_type == "eomt" else 0

@@ -31,9 +31,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
-from ...config import get_d2ext_cfg
 from ..backbone.archs import DINO_ARCHS
-from .eomt_hf import EomtConversionError
+from .eomt_hf import EomtConversionError, eomt_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -313,15 +312,7 @@ def zoo_entry_from_yaml(path):
 # -- the conversion ---------------------------------------------------------------------------
 
 def _eomt_zoo_cfg(desc, arch, entry, weights):
-    cfg = get_d2ext_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "EoMT"
-    cfg.MODEL.BACKBONE.NAME = "build_dino_vit_backbone"
-    cfg.MODEL.DINO.ARCH = arch
-    cfg.MODEL.DINO.WEIGHTS = ""
-    cfg.MODEL.WEIGHTS = weights
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = desc["num_classes"]
-    cfg.MODEL.EOMT.NUM_QUERIES = desc["num_queries"]
-    cfg.MODEL.EOMT.NUM_BLOCKS = desc["num_blocks"]
+    cfg = eomt_cfg(arch, desc["num_classes"], desc["num_queries"], desc["num_blocks"], weights)
     cfg.MODEL.EOMT.NUM_UPSCALE_BLOCKS = desc["num_upscale"]
     native = DINO_ARCHS[arch].patch
     cfg.MODEL.EOMT.PATCH_SIZE = desc["patch"] if desc["patch"] != native else 0
