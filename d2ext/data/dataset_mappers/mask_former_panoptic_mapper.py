@@ -3,14 +3,13 @@ import copy
 
 import numpy as np
 import torch
-from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
 from ..datasets.coco_instances import DatasetError
 from ..image_io import read_image_any
-from .lsj_augmentation import build_lsj_augmentation
+from .mask_former_instance_mapper import MaskFormerInstanceDatasetMapper
 
 
 def rgb_to_segment_ids(rgb):
@@ -20,7 +19,7 @@ def rgb_to_segment_ids(rgb):
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
-class MaskFormerPanopticDatasetMapper:
+class MaskFormerPanopticDatasetMapper(MaskFormerInstanceDatasetMapper):
     """Dataset dict in detectron2's COCO panoptic format ("file_name", "pan_seg_file_name", the
     RGB-encoded segment PNG, and "segments_info" [{"id", "category_id" (contiguous), "iscrowd",
     "isthing"}], as ``register_coco_panoptic`` loads them) -> {"image": (3, H, W) uint8 tensor in
@@ -33,21 +32,9 @@ class MaskFormerPanopticDatasetMapper:
     Mask2Former with white (an id no segment has), which trains the same. Deliberate
     deviation: a segment that the crop removed entirely is dropped (Mask2Former keeps it as a
     target with an empty mask, which a query is then matched and taught to predict), as d2ext's
-    instance mapper drops instances the crop removed.
+    instance mapper drops instances the crop removed. Its configuration is the instance
+    mapper's: the segment PNG is padded as its masks are, with 0 (COCO panoptic's void id).
     """
-
-    @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format):
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-
-    @classmethod
-    def from_config(cls, cfg, is_train=True):
-        # The PNG is padded as an image: black, segment id 0, COCO panoptic's void.
-        return {"is_train": is_train,
-                "augmentations": build_lsj_augmentation(cfg, is_train, seg_pad_value=0),
-                "image_format": cfg.INPUT.FORMAT}
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
