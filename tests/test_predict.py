@@ -60,8 +60,9 @@ def test_two_processes_give_the_one_process_predictions(run_setup, tmp_path):
     _write_images(tmp_path / "images", 5)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     assert _predict(run_setup, "--input", str(tmp_path / "images"), "--output", one) == 0
+    # and read by a DataLoader worker each (the one-process run reads in its own process)
     assert _predict(run_setup, "--input", str(tmp_path / "images"), "--output", two,
-                    "--num-gpus", "2", "--dist-url", "auto") == 0
+                    "--num-gpus", "2", "--dist-url", "auto", "--num-workers", "1") == 0
     assert len(os.listdir(os.path.join(two, SHARD_DIR))) == 2
     coco1, found1 = _by_name(one)
     coco2, found2 = _by_name(two)
@@ -142,7 +143,7 @@ def test_a_failing_image_is_named_counted_and_the_rest_predicted(run_setup, tmp_
     (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
     out = str(tmp_path / "out")
     assert _predict(run_setup, "--input", str(tmp_path / "images") + "/**/*.png", "--output", out,
-                    "--batch-size", "2") == 1
+                    "--batch-size", "2", "--num-workers", "1") == 1
     printed = capsys.readouterr().out
     assert "1 image(s) failed" in printed and "broken.png" in printed
     coco, _ = _by_name(out)

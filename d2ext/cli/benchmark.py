@@ -54,9 +54,10 @@ max_memory_allocated; CPU: the allocator events torch.profiler records, see
 ``d2ext.utils.timing.peak_allocated_mb``), in MiB above what the weights (and AdamW's states,
 after one warm-up step) already hold: a training step at --batch (forward, losses, backward,
 AdamW step) with MODEL.DINO.GRADIENT_CHECKPOINTING off and on, inference at batch 1, and
-transformers' Mask2Former at the same shape (hf_m2f: the whole model with its DINOv3 backbone;
-hf_m2f_head: d2ext's backbone + transformers' head, Mask2Former-style configs; hf_eomt for EoMT
-configs), each with its per-image figure, and the weights / gradients / AdamW states in fp32.
+with --peers transformers' Mask2Former at the same shape (hf_m2f: the whole model with its
+DINOv3 backbone; hf_m2f_head: d2ext's backbone + transformers' head, Mask2Former-style
+configs; hf_eomt for EoMT configs), each with its per-image figure, and the weights /
+gradients / AdamW states in fp32.
 """
 import argparse
 import copy
@@ -351,7 +352,8 @@ def memory_rows(args, cfg, model, device):
                         "peer: use an EoMT or Mask2Former-style config.")
     inputs = synthetic_batch(args.batch, args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, device)
     x = torch.rand(1, 3, args.size, args.size, device=device)
-    hf_head = hf_mask2former_head(cfg, device) if bench.peer == "hf_m2f" else None
+    with_head = args.peers and bench.peer == "hf_m2f"
+    hf_head = hf_mask2former_head(cfg, device) if with_head else None
     if hf_head is not None:
         hf_head[0].eval()
 
@@ -386,6 +388,8 @@ def memory_rows(args, cfg, model, device):
     del gc_model, gc_step
     run = model_only(model)
     rows["d2ext"] = (1, infer_peak(lambda: run(x)), 0.0)
+    if not args.peers:
+        return rows
     hf = peer_models(cfg, args, device)
     images = model.preprocess_image(inputs)
     targets = model.prepare_targets(inputs, images)
@@ -449,8 +453,8 @@ def _main(argv):
                         "compiling takes minutes on a CPU")
     parser.add_argument("--memory", action="store_true",
                         help="print peak memory instead of times: a training step at --batch "
-                        "(gradient checkpointing off and on), inference, and transformers' "
-                        "Mask2Former at the same shape")
+                        "(gradient checkpointing off and on), inference, and with --peers "
+                        "transformers' Mask2Former at the same shape")
     parser.add_argument("--train", action="store_true",
                         help="also time one training step (forward, backward, optimizer) at "
                         "--batch, d2ext's and (with --peers, Mask2Former-style configs) the "

@@ -11,15 +11,19 @@ saved once so every process loads the same checkpoint; SAM 3 text prompts on a t
 SAM 3 at --sam3-size with --phrases prompts. The images are random RGB at --image-size square.
 
 Rows: "loop" is what users write by hand, ``load_predictor`` then, per file, ``read_image_any``
-and ``predictor(image)``, timed from the first image to the last. "predict bB pP" is
+and ``predictor(image)``, timed from the first image to the last; "loop + writing" also writes
+each image's instances as predict.py does (the same JSON line, RLE masks), the loop a user
+labelling a folder by hand needs. "predict bB pP" is
 ``tools/predict.py --batch-size B --num-gpus P``: "steady" is its own count (run.json's
 ``last_run``: from every process ready to every process done, reading and writing included);
 "end to end" adds starting the processes and building the model. Each figure is the median of
---reps runs; runs are interleaved (loop, predict b1 p1, ..., loop, ...).
+--reps runs; runs are interleaved, each round in a new random order.
 """
 import argparse
+import gc
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -79,7 +83,7 @@ def model_setups(args, tmp):
     from ..engine import setup_cfg
     from ..modeling.meta_arch import capabilities
 
-    common = ["MODEL.DEVICE", args.device, "DATALOADER.NUM_WORKERS", str(args.num_workers)]
+    common = ["MODEL.DEVICE", args.device]
     setups = {}
     if "eomt" in args.models:
         opts = common + ["MODEL.DINO.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", str(args.image_size),
@@ -103,27 +107,40 @@ def model_setups(args, tmp):
     return setups
 
 
-def loop_rate(config_file, opts, images):
-    """Images/s of a loop over DefaultPredictor (d2ext's load_predictor)."""
+def loop_rate(config_file, opts, images, out_file=None):
+    """Images/s of a loop over DefaultPredictor (d2ext's load_predictor); with ``out_file``,
+    each image's instances are also written there as predict.py writes them (one JSON line,
+    RLE masks scoring at least 0.3), as a labelling loop written by hand must."""
     from ..data.image_io import read_image_any
     from ..engine import load_predictor, setup_cfg
+    from ..engine.batch_predict import instances_record
 
     predictor = load_predictor(setup_cfg(config_file, opts))
     files = sorted(os.path.join(images, f) for f in os.listdir(images))
+    sink = open(out_file, "w") if out_file else None
     start = time.perf_counter()
     for path in files:
-        predictor(read_image_any(path, "BGR"))
-    return len(files) / (time.perf_counter() - start)
+        image = read_image_any(path, "BGR")
+        outputs = predictor(image)
+        if sink is not None:
+            sink.write(json.dumps(instances_record(os.path.basename(path), outputs["instances"],
+                                                   *image.shape[:2], 0.3)) + "\n")
+            sink.flush()
+    seconds = time.perf_counter() - start
+    if sink is not None:
+        sink.close()
+    return len(files) / seconds
 
 
-def predict_rates(config_file, opts, images, out, batch_size, processes):
+def predict_rates(config_file, opts, images, out, batch_size, processes, num_workers=None):
     """(steady images/s, end-to-end images/s) of one tools/predict.py run."""
     from . import predict
 
+    workers = [] if num_workers is None else ["--num-workers", str(num_workers)]
     start = time.perf_counter()
     code = predict.main(["--config-file", config_file, "--input", images, "--output", out,
                          "--batch-size", str(batch_size), "--num-gpus", str(processes),
-                         "--min-score", "0.3", *opts])
+                         "--min-score", "0.3", *workers, *opts])
     seconds = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"predict exited with {code}")
@@ -147,8 +164,8 @@ def _main(argv):
     parser.add_argument("--num-images", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--num-workers", type=int, default=1,
-                        help="DataLoader workers per process (DATALOADER.NUM_WORKERS)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="predict.py's --num-workers (default: its own, 0 on the CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", help="also write the results to this file")
@@ -159,25 +176,38 @@ def _main(argv):
     with tempfile.TemporaryDirectory(prefix="d2ext-bench-predict-") as tmp:
         images = write_images(os.path.join(tmp, "images"), args.num_images, args.image_size)
         for name, (config_file, opts) in model_setups(args, tmp).items():
-            rows = {"loop": []}
-            runs = [(b, p) for p in args.processes for b in args.batch_sizes]
+            runs = {"loop": lambda rep: (loop_rate(config_file, opts, images), None),
+                    "loop + writing": lambda rep: (loop_rate(
+                        config_file, opts, images, os.path.join(tmp, f"{name}_loop.jsonl")),
+                        None)}
+            for p in args.processes:
+                for b in args.batch_sizes:
+                    runs[f"predict b{b} p{p}"] = (
+                        lambda rep, b=b, p=p: predict_rates(
+                            config_file, opts, images,
+                            os.path.join(tmp, f"{name}_b{b}_p{p}_r{rep}"), b, p,
+                            args.num_workers))
+            rows = {row: [] for row in runs}
+            order = list(runs)
             for rep in range(args.reps):
-                rows["loop"].append((loop_rate(config_file, opts, images), None))
-                for b, p in runs:
-                    out = os.path.join(tmp, f"{name}_b{b}_p{p}_r{rep}")
-                    rows.setdefault(f"predict b{b} p{p}", []).append(
-                        predict_rates(config_file, opts, images, out, b, p))
+                random.Random(rep).shuffle(order)  # no row always runs first or last
+                for row in order:
+                    gc.collect()  # the models of earlier rows are gone before each row
+                    rows[row].append(runs[row](rep))
             loop = statistics.median(r for r, _ in rows["loop"])
             print(f"\n{name}: {args.num_images} images, {args.device}, median of {args.reps}")
-            print(f"  {'':16s} {'steady img/s':>13s} {'x loop':>7s} {'end to end':>11s}")
+            written = statistics.median(r for r, _ in rows["loop + writing"])
+            print(f"  {'':16s} {'steady img/s':>13s} {'x loop':>7s} {'x loop+w':>9s} "
+                  f"{'end to end':>11s}")
             results[name] = {}
             for row, values in rows.items():
                 steady = statistics.median(v for v, _ in values)
                 whole = None if values[0][1] is None else statistics.median(
                     v for _, v in values)
                 results[name][row] = {"images_per_second": steady, "ratio_to_loop":
-                                      steady / loop, "end_to_end_images_per_second": whole}
-                print(f"  {row:16s} {steady:13.2f} {steady / loop:7.2f} "
+                                      steady / loop, "ratio_to_loop_writing": steady / written,
+                                      "end_to_end_images_per_second": whole}
+                print(f"  {row:16s} {steady:13.2f} {steady / loop:7.2f} {steady / written:9.2f} "
                       f"{'' if whole is None else f'{whole:11.2f}'}")
     if args.json:
         with open(args.json, "w") as f:

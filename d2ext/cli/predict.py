@@ -54,6 +54,10 @@ def argument_parser():
                         help="start over in --output (a run with another config or input list)")
     parser.add_argument("--register-coco", nargs=3, action="append", default=[],
                         metavar=("NAME", "JSON", "IMAGE_ROOT"), help="as in tools/train_net.py")
+    parser.add_argument("--num-workers", type=int, default=None, metavar="N",
+                        help="reader processes per predicting process (default: "
+                             "DATALOADER.NUM_WORKERS on a GPU, 0 on the CPU: there the model's "
+                             "threads already use every core, and a reader would take them)")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per machine (one per GPU; on the CPU, gloo processes)")
     parser.add_argument("--num-machines", type=int, default=1)
@@ -70,7 +74,11 @@ def argument_parser():
 def _worker(args, root, names):
     setup_logger(name="d2ext", distributed_rank=_rank())
     cfg = setup_cfg(args.config_file, args.opts, args.register_coco)
-    predict_worker(cfg, root, names, args.output, args.batch_size, args.min_score, args.debug)
+    workers = args.num_workers
+    if workers is None:
+        workers = 0 if cfg.MODEL.DEVICE == "cpu" else cfg.DATALOADER.NUM_WORKERS
+    predict_worker(cfg, root, names, args.output, args.batch_size, args.min_score, args.debug,
+                   num_workers=workers)
 
 
 def _rank():
@@ -86,6 +94,9 @@ def run(argv):
     args = parse_args(argument_parser(), argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: give 1 or more.")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise UserError(f"--num-workers {args.num_workers}: give 0 (read in the predicting "
+                        "process) or more.")
     args.output = os.path.abspath(args.output)
     cfg = setup_cfg(args.config_file, args.opts, args.register_coco)
     check_predicts_instances(cfg)

@@ -197,7 +197,9 @@ def predictor_categories(predictor):
 
 class _ImageFiles(torch.utils.data.Dataset):
     """Image i read (d2ext's reader) and resized as the predictor does, in a DataLoader
-    worker; a file that cannot be read becomes a record with its error."""
+    worker; a file that cannot be read becomes a record with its error. The image crosses to
+    the predicting process as uint8 (a quarter of float32's bytes through shared memory) and
+    becomes float32 there, the values ``DefaultPredictor`` feeds."""
 
     def __init__(self, root, names, aug, input_format):
         self.root, self.names, self.aug, self.input_format = root, names, aug, input_format
@@ -211,8 +213,7 @@ class _ImageFiles(torch.utils.data.Dataset):
             image = read_image_any(os.path.join(self.root, name), self.input_format)
             h, w = image.shape[:2]
             resized = self.aug.get_transform(image).apply_image(image)
-            tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)),
-                                     dtype=torch.float32)
+            tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         except Exception as err:  # one file never ends a run over many
             return {"file_name": name, "error": _one_line(err)}
         return {"file_name": name, "image": tensor, "height": h, "width": w}
@@ -234,10 +235,14 @@ def instances_record(name, instances, height, width, min_score):
         instances = instances[instances.scores >= min_score]
     boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
     masks = instances.pred_masks if instances.has("pred_masks") else None
-    rles = []
+    rles, areas, mask_boxes = [], [], []
     if masks is not None and len(masks):
-        rles = mask_util.encode(np.asfortranarray(masks.numpy().astype(np.uint8)
-                                                  .transpose(1, 2, 0)))
+        # pycocotools wants (H, W, N) in column order; a bool array's bytes are already 0/1
+        masks = masks.numpy()
+        masks = masks.view(np.uint8) if masks.dtype == bool else masks.astype(np.uint8)
+        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+        areas = mask_util.area(rles).tolist()
+        mask_boxes = [] if boxes else mask_util.toBbox(rles).tolist()
     found = []
     for i, (cls, score) in enumerate(zip(instances.pred_classes.tolist(),
                                          instances.scores.tolist())):
@@ -245,25 +250,26 @@ def instances_record(name, instances, height, width, min_score):
         if boxes:
             x0, y0, x1, y1 = boxes[i]
             item["bbox"] = [x0, y0, x1 - x0, y1 - y0]
-        if masks is not None:
+        if rles:
             rle = rles[i]
             item["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-            item["area"] = float(mask_util.area(rle))
-            if "bbox" not in item:
-                item["bbox"] = mask_util.toBbox(rle).tolist()
+            item["area"] = float(areas[i])
+            if not boxes:
+                item["bbox"] = mask_boxes[i]
         found.append(item)
     return {"file_name": name, "height": height, "width": width, "instances": found}
 
 
-def _predict_batch(model, batch, min_score, debug=False):
-    """Shard records of one batch; when the batch fails, its images are predicted one by one
-    so that only the failing image is named (``debug``: raised instead)."""
+def _predict_batch(model, batch, debug=False):
+    """The model's outputs of one batch: per image its read record with the predicted
+    ``instances`` added, or its error record. When the batch fails, its images are predicted
+    one by one so that only the failing image is named (``debug``: raised instead)."""
     ok = [r for r in batch if "error" not in r]
     records = [r for r in batch if "error" in r]
-    inputs = [{"image": r["image"], "height": r["height"], "width": r["width"]} for r in ok]
+    inputs = [{"image": r["image"].float(), "height": r["height"], "width": r["width"]}
+              for r in ok]
     try:
-        return records + [instances_record(r["file_name"], out["instances"], r["height"],
-                                           r["width"], min_score)
+        return records + [{**r, "image": None, "instances": out["instances"]}
                           for r, out in zip(ok, model(inputs) if inputs else [])]
     except Exception as err:  # one file never ends a run over many
         if debug:
@@ -271,14 +277,37 @@ def _predict_batch(model, batch, min_score, debug=False):
         if len(ok) == 1:
             return records + [{"file_name": ok[0]["file_name"], "error": _one_line(err)}]
     for r in ok:
-        records += _predict_batch(model, [r], min_score)
+        records += _predict_batch(model, [r])
     return records
 
 
-def predict_worker(cfg, root, names, out_dir, batch_size=1, min_score=0.0, debug=False):
+def _write_records(shard, root, results, min_score, debug):
+    """Append one batch's results to the open ``shard``, one JSON line an image, flushed: a
+    finished image survives a kill of the process."""
+    for result in results:
+        if "error" not in result:
+            try:
+                result = instances_record(result["file_name"], result["instances"],
+                                          result["height"], result["width"], min_score)
+            except Exception as err:  # one file never ends a run over many
+                if debug:
+                    raise
+                result = {"file_name": result["file_name"], "error": _one_line(err)}
+        if "error" in result:
+            if debug:
+                raise RuntimeError(f"{result['file_name']}: {result['error']}")
+            logger.error(f"failed {os.path.join(root, result['file_name'])}: {result['error']}")
+        shard.write(json.dumps(result) + "\n")
+        shard.flush()
+
+
+def predict_worker(cfg, root, names, out_dir, batch_size=1, min_score=0.0, debug=False,
+                   num_workers=None):
     """One process's share of a run (detectron2's ``launch`` runs it on every rank): the
     images of ``names`` not yet in the shards, every world-size-th one from this rank's,
-    predicted in batches and appended to this rank's shard as they finish."""
+    read by ``num_workers`` DataLoader workers (default DATALOADER.NUM_WORKERS; 0: in this
+    process), predicted in batches and appended to this rank's shard
+    as they finish."""
     rank, world = comm.get_rank(), comm.get_world_size()
     if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
         # processes on one CPU share its cores: each taking all of them oversubscribes
@@ -288,13 +317,15 @@ def predict_worker(cfg, root, names, out_dir, batch_size=1, min_score=0.0, debug
     done, _ = read_shards(out_dir)
     todo = [n for n in names if n not in done]
     mine = todo[rank::world]
-    workers = cfg.DATALOADER.NUM_WORKERS
+    workers = cfg.DATALOADER.NUM_WORKERS if num_workers is None else num_workers
     # A process that launch spawned makes spawn its default start method too: its loader
     # workers would import d2ext again each. Forked ones start at once (they touch no GPU).
     context = "fork" if workers and sys.platform.startswith("linux") else None
-    loader = torch.utils.data.DataLoader(
+    loader = iter(torch.utils.data.DataLoader(
         _ImageFiles(root, mine, predictor.aug, predictor.input_format), batch_size=batch_size,
-        num_workers=workers, collate_fn=_collate, multiprocessing_context=context)
+        num_workers=workers, collate_fn=_collate, multiprocessing_context=context))
+    # The workers start reading while the other ranks finish starting theirs.
+    comm.synchronize()
     progress = None
     if rank == 0:
         from tqdm import tqdm
@@ -304,20 +335,14 @@ def predict_worker(cfg, root, names, out_dir, batch_size=1, min_score=0.0, debug
                         initial=0, dynamic_ncols=True)
     start, count = time.perf_counter(), 0
     shard = os.path.join(out_dir, SHARD_DIR, f"part-{rank:05d}.jsonl")
-    with open(shard, "a") as f, torch.no_grad():
+    with open(shard, "a") as f, torch.inference_mode():
         for batch in loader:
             if debug:
                 for r in batch:
                     if "error" in r:
                         raise UserError(f"{os.path.join(root, r['file_name'])}: {r['error']}")
-            for record in _predict_batch(predictor.model, batch, min_score, debug):
-                if "error" in record:
-                    if debug:
-                        raise RuntimeError(f"{record['file_name']}: {record['error']}")
-                    logger.error(f"failed {os.path.join(root, record['file_name'])}: "
-                                 f"{record['error']}")
-                f.write(json.dumps(record) + "\n")
-                f.flush()  # a finished image survives a kill of this process
+            _write_records(f, root, _predict_batch(predictor.model, batch, debug), min_score,
+                           debug)
             count += len(batch)
             if progress is not None:  # every rank runs at about rank 0's pace
                 progress.update(min(len(batch) * world, progress.total - progress.n))

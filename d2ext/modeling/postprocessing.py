@@ -9,7 +9,9 @@ The rules are Mask2Former's (``MaskFormer.{semantic,instance,panoptic}_inference
 the same ones). Deliberate differences, each for a reason:
 - the mask logits are resized once, from the padded grid straight to the output size
   (``resize_mask_logits``), where Mask2Former upsamples to the padded input, crops and resizes
-  again: the same bilinear model in one pass over the full-size maps instead of two;
+  again: the same bilinear model in one pass over the full-size maps instead of two (with
+  ``two_pass=True``, as EoMT's protocol calls it, those two passes are made: EoMT's published
+  figures are measured with them, and per-pixel results then equal its evaluation code's);
 - with only SEMANTIC_ON, the class scores are combined from the resized mask logits, the order
   Mask2Former uses whenever instance or panoptic output is on (alone, it combines at the padded
   input resolution and resizes the class scores);
@@ -25,15 +27,21 @@ from torch.nn import functional as F
 from .mask_ops import mask_boxes
 
 
-def resize_mask_logits(mask_logits, padded_size, image_size, output_size):
+def resize_mask_logits(mask_logits, padded_size, image_size, output_size, two_pass=False):
     """Mask logits on the padded input's grid -> logits over the image at ``output_size``.
 
     mask_logits (Q, h, w) cover the padded network input ``padded_size`` (Hp, Wp) (e.g. h = Hp/4);
     the image occupies its top-left ``image_size`` (hi, wi). Returns (Q, H, W) for ``output_size``
     (H, W), each output pixel bilinearly sampled at its centre, in one resampling (Mask2Former
     upsamples to the padded size, crops and resizes again: two passes over Q full-size maps).
+    ``two_pass``: make those two passes instead (EoMT's ``revert_resize_and_pad_logits_*`` does
+    the same: its evaluation's masks differ from one pass's along every boundary).
     """
     x = mask_logits[None]
+    if two_pass:
+        if tuple(x.shape[-2:]) != tuple(padded_size):
+            x = F.interpolate(x, size=tuple(padded_size), mode="bilinear", align_corners=False)
+        x, padded_size = x[..., :image_size[0], :image_size[1]], image_size
     if tuple(image_size) == tuple(padded_size):  # no padding: one plain interpolation is exact
         if tuple(x.shape[-2:]) == tuple(output_size):
             return x[0]
@@ -185,11 +193,15 @@ class MaskFormerInference:
                 "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
                 "overlap_threshold": test.OVERLAP_THRESHOLD, "thing_ids": thing_ids}
 
-    def __call__(self, mask_cls, mask_logits, padded_size, image_size, output_size):
+    def __call__(self, mask_cls, mask_logits, padded_size, image_size, output_size,
+                 two_pass=False):
+        """``two_pass``: resize the mask logits as ``resize_mask_logits(..., two_pass=True)``
+        (EoMT's evaluation order) instead of in one pass."""
         mask_cls, mask_logits = mask_cls.float(), mask_logits.float()
         result = {}
         if self.semantic_on or self.panoptic_on:
-            full = resize_mask_logits(mask_logits, padded_size, image_size, output_size)
+            full = resize_mask_logits(mask_logits, padded_size, image_size, output_size,
+                                      two_pass)
             if self.semantic_on:
                 result["sem_seg"] = semantic_inference(mask_cls, full)
             if self.panoptic_on:
@@ -205,7 +217,7 @@ class MaskFormerInference:
             else:  # resize only the selected queries (often far fewer than Q)
                 def resize(idx):
                     return resize_mask_logits(mask_logits[idx], padded_size, image_size,
-                                              output_size)
+                                              output_size, two_pass)
             result["instances"] = instance_inference(scores, classes, queries, output_size,
                                                      resize)
         return result

@@ -12,11 +12,14 @@ checkpoint of this model.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.data.transforms import ResizeTransform
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.utils.events import get_event_storage
+from PIL import Image
 from torch import nn
 
 from ...errors import UserError
@@ -172,7 +175,9 @@ class EomtTestProtocol:
     ``size`` (skipped when the test-time mapper already did so, as the configs in configs/eomt/
     do with PIL's bilinear resize, EoMT's), padded at its bottom/right with black pixels (0
     before normalisation, i.e. ``-mean / std`` after) to the ``size`` x ``size`` square, and the
-    predictions inside the image resized to the output size by ``postprocessor``.
+    predictions inside the image resized to the output size by ``postprocessor`` in EoMT's two
+    passes (mask logits upsampled to the square, cropped to the image, resized to the output;
+    ``two_pass=True``), so that masks, scores and segments equal its evaluation's.
     Semantic (``windows`` True): the shorter side is resized to ``size``; ``size`` x ``size``
     windows at ``window_starts`` along the longer side each give per-pixel class scores
     (``semantic_inference`` on mask logits upsampled to the window, as EoMT does), which are
@@ -183,9 +188,9 @@ class EomtTestProtocol:
     {"pred_logits" (N, Q, K+1), "pred_masks" (N, Q, h', w')}. Returns per image the output dict
     of ``postprocessor`` (windows: {"sem_seg" (K, H, W)}).
 
-    Where the model resizes itself (the mapper left another size) it resamples the pixel
-    values bilinearly with antialiasing, rounded to integers, close to but not exactly PIL's
-    resize of the original image.
+    Where the model resizes itself (the mapper left another size) it resizes as EoMT does:
+    PIL's bilinear filter on the pixel values rounded to uint8 (detectron2's
+    ``ResizeTransform``), on the CPU.
     """
 
     def __init__(self, *, size, windows, pixel_mean, pixel_std, postprocessor):
@@ -194,12 +199,14 @@ class EomtTestProtocol:
         self.pixel_std = torch.as_tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1)
 
     def _resized(self, image, device):
-        image = image.to(device).float()
         size = fitted_size(tuple(image.shape[-2:]), self.size, longer=not self.windows)
         if size != tuple(image.shape[-2:]):
-            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
-                                  antialias=True)[0].round().clamp(0, 255)
-        return image
+            # PIL, as EoMT: a torch resize differs by rounding, which moves mask boundaries.
+            pixels = image.detach().round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+            resized = ResizeTransform(*image.shape[-2:], *size, Image.BILINEAR).apply_image(
+                pixels.cpu().numpy())
+            image = torch.from_numpy(np.array(resized)).permute(2, 0, 1)
+        return image.to(device).float()
 
     def _normalised(self, images):
         return (images - self.pixel_mean.to(images.device)) / self.pixel_std.to(images.device)
@@ -214,7 +221,8 @@ class EomtTestProtocol:
         padded = torch.stack([F.pad(im, (0, side - im.shape[-1], 0, side - im.shape[-2]))
                               for im in images])  # zeros before normalising: black
         out = predict(self._normalised(padded))
-        return [self.postprocessor(logits, masks, (side, side), tuple(im.shape[-2:]), size)
+        return [self.postprocessor(logits, masks, (side, side), tuple(im.shape[-2:]), size,
+                                   two_pass=True)
                 for logits, masks, im, size in zip(out["pred_logits"], out["pred_masks"],
                                                    images, out_sizes)]
 
