@@ -197,9 +197,10 @@ def predictor_categories(predictor):
 
 class _ImageFiles(torch.utils.data.Dataset):
     """Image i read (d2ext's reader) and resized as the predictor does, in a DataLoader
-    worker; a file that cannot be read becomes a record with its error. The image crosses to
-    the predicting process as uint8 (a quarter of float32's bytes through shared memory) and
-    becomes float32 there, the values ``DefaultPredictor`` feeds."""
+    worker or the predicting process; a file that cannot be read becomes a record with its
+    error. The image stays uint8 (from a worker, a quarter of float32's bytes through shared
+    memory) and becomes float32 in the predicting process, the values ``DefaultPredictor``
+    feeds."""
 
     def __init__(self, root, names, aug, input_format):
         self.root, self.names, self.aug, self.input_format = root, names, aug, input_format
@@ -269,7 +270,8 @@ def _predict_batch(model, batch, debug=False):
     inputs = [{"image": r["image"].float(), "height": r["height"], "width": r["width"]}
               for r in ok]
     try:
-        return records + [{**r, "image": None, "instances": out["instances"]}
+        return records + [{"file_name": r["file_name"], "height": r["height"],
+                           "width": r["width"], "instances": out["instances"]}
                           for r, out in zip(ok, model(inputs) if inputs else [])]
     except Exception as err:  # one file never ends a run over many
         if debug:
