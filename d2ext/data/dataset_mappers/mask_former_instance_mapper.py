@@ -36,15 +36,21 @@ class MaskFormerInstanceDatasetMapper:
                 "augmentations": build_lsj_augmentation(cfg, is_train, seg_pad_value=0),
                 "image_format": cfg.INPUT.FORMAT}
 
-    def __call__(self, dataset_dict):
-        dataset_dict = copy.deepcopy(dataset_dict)
+    def augmented_image(self, dataset_dict):
+        """Read the image of ``dataset_dict``, augment it and store it as its "image" tensor;
+        returns (the transforms, the original (H, W), the augmented (H, W))."""
         image = read_image_any(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
+        original_shape = image.shape[:2]
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
-        shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return transforms, original_shape, image.shape[:2]
+
+    def __call__(self, dataset_dict):
+        dataset_dict = copy.deepcopy(dataset_dict)
+        transforms, _, shape = self.augmented_image(dataset_dict)
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict

@@ -4,11 +4,9 @@ import copy
 import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 
 from ..datasets.coco_instances import DatasetError
-from ..image_io import read_image_any
 from .mask_former_instance_mapper import MaskFormerInstanceDatasetMapper
 
 
@@ -38,17 +36,10 @@ class MaskFormerPanopticDatasetMapper(MaskFormerInstanceDatasetMapper):
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_any(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
         if self.is_train and "pan_seg_file_name" not in dataset_dict:
             raise DatasetError(f"{dataset_dict['file_name']}: no 'pan_seg_file_name'; "
                              "MaskFormerPanopticDatasetMapper needs COCO panoptic labels.")
-        original_shape = image.shape[:2]
-        aug_input = T.AugInput(image)
-        transforms = self.augmentations(aug_input)
-        image = aug_input.image
-        shape = image.shape[:2]
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        transforms, original_shape, shape = self.augmented_image(dataset_dict)
         if not self.is_train:
             return dataset_dict
         # A label image: read as detectron2 reads labels (never rescaled).
