@@ -10,6 +10,7 @@ from transformers.models.mask2former.image_processing_mask2former import Mask2Fo
 
 from d2ext.modeling.converters import convert_hf_mask2former
 from d2ext.modeling.criterion import SetCriterion
+from d2ext.modeling.mask_ops import FactoredMaskLogits
 from d2ext.modeling.matcher import HungarianMatcher
 from d2ext.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 from d2ext.modeling.position_encoding import sine_position_embedding
@@ -91,8 +92,9 @@ def d2ext_predictions(modules, feats):
     pixel, decoder = modules
     mask_features, multi_scale = pixel(feats)
     out = decoder(multi_scale, mask_features)
-    preds = [(a["pred_logits"], a["pred_masks"]) for a in out["aux_outputs"]]
-    return (mask_features, multi_scale), preds + [(out["pred_logits"], out["pred_masks"])]
+    # In training the decoder gives the masks' factors (FactoredMaskLogits): their product.
+    preds = [(a["pred_logits"], a["pred_masks"].dense()) for a in out["aux_outputs"]]
+    return (mask_features, multi_scale), preds + [(out["pred_logits"], out["pred_masks"].dense())]
 
 
 def test_position_encoding_equals_transformers_sine_embedding():
@@ -157,16 +159,22 @@ def targets_for(batch_masks_size, counts):
     return out
 
 
-@pytest.mark.parametrize("counts", [(3, 2), (4, 0)])
-def test_loss_dict_equals_transformers_mask2former_loss(counts):
+@pytest.mark.parametrize("counts, factored", [((3, 2), False), ((4, 0), False),
+                                               ((3, 2), True), ((4, 0), True)])
+def test_loss_dict_equals_transformers_mask2former_loss(counts, factored):
+    """``factored``: the criterion gets the masks as the decoder gives them in training
+    (embeddings and features, FactoredMaskLogits), transformers' loss their product."""
     config = hf_config(dec_layers=4)
     weights = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
     reference = hf.Mask2FormerLoss(config, weights)
     criterion = SetCriterion(CLASSES, HungarianMatcher(2.0, 5.0, 5.0, num_points=300),
                              num_points=300)
     batch = len(counts)
-    preds = [(torch.randn(batch, QUERIES, CLASSES + 1), torch.randn(batch, QUERIES, 25, 33) * 3)
-             for _ in range(4)]
+    features = torch.randn(batch, 16, 25, 33)
+    factors = [FactoredMaskLogits(torch.randn(batch, QUERIES, 16), features) for _ in range(4)]
+    preds = [(torch.randn(batch, QUERIES, CLASSES + 1),
+              f.dense() if factored else torch.randn(batch, QUERIES, 25, 33) * 3)
+             for f in factors]
     targets = targets_for((100, 132), counts)
     torch.manual_seed(5)
     expected = reference(preds[-1][1], preds[-1][0], [t["masks"] for t in targets],
@@ -176,9 +184,10 @@ def test_loss_dict_equals_transformers_mask2former_loss(counts):
     for key, value in expected.items():
         expected[key] = value * next(w for k, w in weights.items() if k in key)
     torch.manual_seed(5)  # the same point draws, in the same order
-    losses = criterion({"pred_logits": preds[-1][0], "pred_masks": preds[-1][1],
+    masks = factors if factored else [m for _, m in preds]
+    losses = criterion({"pred_logits": preds[-1][0], "pred_masks": masks[-1],
                         "aux_outputs": [{"pred_logits": c, "pred_masks": m}
-                                        for c, m in preds[:-1]]}, targets)
+                                        for (c, _), m in zip(preds[:-1], masks[:-1])]}, targets)
     renamed = {k.replace("loss_cross_entropy", "loss_ce"): v for k, v in expected.items()}
     assert sorted(losses) == sorted(renamed)
     for key, value in renamed.items():

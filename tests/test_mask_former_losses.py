@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from d2ext.modeling.criterion import SetCriterion
+from d2ext.modeling.mask_ops import FactoredMaskLogits
 from d2ext.modeling.matcher import HungarianMatcher
 
 
@@ -113,3 +114,34 @@ def test_criterion_backpropagates_with_and_without_targets():
     empty = [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 64, 64)}] * 2
     losses = criterion({"pred_logits": logits, "pred_masks": masks}, empty)
     assert losses["loss_mask"] == 0 and losses["loss_ce"] > 0
+
+
+@pytest.mark.parametrize("counts", [(3, 2), (0, 0)])
+def test_factored_masks_give_the_dense_losses_and_gradients(counts):
+    """The decoder hands the criterion its mask embeddings and features in training: the losses
+    and the gradients of both factors are those of their full product."""
+    g = torch.Generator().manual_seed(0)
+    embed = torch.randn(2, 7, 8, generator=g, requires_grad=True)
+    features = torch.randn(2, 8, 24, 20, generator=g, requires_grad=True)
+    logits = torch.randn(2, 7, 4, generator=g)
+    targets = []
+    for n in counts:
+        masks = torch.zeros(n, 96, 80)
+        for i in range(n):
+            masks[i, 10 * i: 10 * i + 40, 5 * i: 5 * i + 50] = 1
+        targets.append({"labels": torch.arange(n) % 3, "masks": masks})
+    criterion = _criterion()
+    results = []
+    for factored in (False, True):
+        masks = FactoredMaskLogits(embed, features)
+        torch.manual_seed(3)
+        losses = criterion({"pred_logits": logits, "pred_masks": masks if factored
+                            else masks.dense()}, targets)
+        grads = torch.autograd.grad(sum(losses.values()), (embed, features))
+        results.append((losses, grads))
+    (dense, dense_grads), (factored, factored_grads) = results
+    assert sorted(dense) == sorted(factored)
+    for key in dense:
+        torch.testing.assert_close(factored[key], dense[key], atol=1e-5, rtol=0, msg=key)
+    for ours, theirs in zip(factored_grads, dense_grads):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)

@@ -12,6 +12,7 @@ from detectron2.utils.comm import get_world_size
 from torch import nn
 from torch.nn import functional as F
 
+from .mask_ops import FactoredMaskLogits
 from .matcher import HungarianMatcher
 
 
@@ -78,7 +79,8 @@ def step_targets(targets):
 class SetCriterion(nn.Module):
     """Losses of a set of (class, mask) predictions after Hungarian matching.
 
-    Inputs: outputs {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w),
+    Inputs: outputs {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w) logits or their
+    ``FactoredMaskLogits`` (then only the matched queries' full maps are computed),
     optional "aux_outputs": [dicts of the same two keys, one per intermediate decoder layer]};
     targets: B dicts {"labels": (N,) int64 in [0, K), "masks": (N, H, W)} (masks at any
     resolution: they are point-sampled in normalised coordinates).
@@ -127,10 +129,16 @@ class SetCriterion(nn.Module):
         return F.cross_entropy(logits, target_classes, self.empty_weight, reduction="sum") / total
 
     def loss_masks(self, pred_masks, targets, indices, num_masks):
-        src = torch.cat([pred_masks[b, q] for b, (q, _) in enumerate(indices)])
+        if isinstance(pred_masks, FactoredMaskLogits):  # the matched queries' maps only
+            src = torch.cat([pred_masks[b].rows(q.to(pred_masks.embed.device))
+                             for b, (q, _) in enumerate(indices)])
+        else:
+            src = torch.cat([pred_masks[b, q] for b, (q, _) in enumerate(indices)])
         tgt = torch.cat([targets[b]["masks"][t] for b, (_, t) in enumerate(indices)])
         if len(src) == 0:  # no ground truth in the batch: keep the graph, add nothing
-            zero = pred_masks.sum() * 0.0
+            factors = (pred_masks.embed, pred_masks.features) \
+                if isinstance(pred_masks, FactoredMaskLogits) else (pred_masks,)
+            zero = sum(f.sum() for f in factors) * 0.0
             return zero, zero
         src = src[:, None].float()
         tgt = tgt[:, None].to(src)

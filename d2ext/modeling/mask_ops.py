@@ -1,6 +1,8 @@
 """Full-resolution bool masks from low-resolution logits, and their boxes, on CPU budgets."""
 import torch
 
+from .bilinear import bilinear_corners, framed_rows, sample_rows
+
 
 def mask_boxes(masks):
     """Tight (x0, y0, x1, y1) boxes of bool masks (N, H, W), all zeros for empty masks, as
@@ -53,3 +55,56 @@ def mask_nms(masks, scores, iou_threshold, labels=None):
         if not keep or iou[i, keep].max() <= iou_threshold:
             keep.append(i)
     return order[keep]
+
+
+class FactoredMaskLogits:
+    """Mask logits ``einsum("...qc,...chw->...qhw", embed, features)`` kept as their two
+    factors: ``embed`` (B, Q, C) and ``features`` (B, C, h, w), or one image's (Q, C) and
+    (C, h, w).
+
+    A set criterion needs the full maps of its matched queries only, and its matcher needs every
+    query at a few shared points only. Bilinear point sampling is linear, so sampling the features
+    and then taking the product gives the sampled logits: ``rows`` and ``at_points`` compute
+    what indexing and point-sampling the full product would, equal up to rounding, without
+    the (B, Q, h, w) product (a Q x C x h x w product and its backward per decoder layer).
+
+    ``shared``: a dict shared by the predictions made from the same ``features`` (all layers of a
+    decoder), where each image's channels-last copy of them is kept for ``at_points``.
+    """
+
+    def __init__(self, embed, features, shared=None, image=None):
+        self.embed, self.features = embed, features
+        self._shared = {} if shared is None else shared
+        self._image = image
+
+    @property
+    def shape(self):
+        return self.embed.shape[:-1] + self.features.shape[-2:]
+
+    def __len__(self):
+        return len(self.embed)
+
+    def __getitem__(self, image):
+        """One image's factors (an int index of a batched instance)."""
+        return FactoredMaskLogits(self.embed[image], self.features[image], self._shared, image)
+
+    def dense(self):
+        """The full (..., Q, h, w) logits."""
+        return torch.einsum("...qc,...chw->...qhw", self.embed, self.features)
+
+    def rows(self, queries):
+        """One image's full logits of ``queries`` (an index tensor): (len(queries), h, w)."""
+        return torch.einsum("qc,chw->qhw", self.embed[queries], self.features)
+
+    def at_points(self, coords):
+        """One image's logits of every query at ``coords`` (P, 2) in [0, 1] (x, y), bilinear as
+        detectron2's ``point_sample`` with align_corners=False: (Q, P)."""
+        h, w = self.features.shape[-2:]
+        rows = self._shared.get(self._image)
+        if rows is None:  # ((h + 2) * (w + 2), C), the features framed by zeros
+            rows = framed_rows(self.features.detach().permute(1, 2, 0)[None])[0]
+            if self._image is not None:
+                self._shared[self._image] = rows
+        index, weights = bilinear_corners(coords, torch.tensor([w, h], device=coords.device))
+        sampled = sample_rows(rows, index, weights)  # (P, C)
+        return self.embed @ sampled.T.to(self.embed.dtype)

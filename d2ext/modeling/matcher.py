@@ -4,15 +4,15 @@ from detectron2.projects.point_rend.point_features import point_sample
 from torch import nn
 from torch.nn import functional as F
 
+from .mask_ops import FactoredMaskLogits
+
 
 def pairwise_sigmoid_ce(logits, targets):
     """Mean binary cross-entropy of every prediction against every target.
 
     logits (Q, P), targets (N, P) in [0, 1] -> (Q, N)."""
-    # BCE(x, t) = t * BCE(x, 1) + (1 - t) * BCE(x, 0), so all pairs are two matrix products.
-    pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
-    return (pos @ targets.T + neg @ (1 - targets).T) / logits.shape[1]
+    # BCE(x, t) = softplus(x) - x * t: summed over the points, a row sum and one matrix product.
+    return (F.softplus(logits).sum(-1)[:, None] - logits @ targets.T) / logits.shape[1]
 
 
 def pairwise_dice(logits, targets):
@@ -44,18 +44,28 @@ class HungarianMatcher(nn.Module):
 
     def cost_matrix(self, pred_logits, pred_masks, labels, masks):
         """The (Q, N) matching cost of one image: pred_logits (Q, K+1), pred_masks (Q, h, w),
-        labels (N,), masks (N, H, W). Its points are drawn even when N = 0, as Mask2Former draws
-        them for every image: the random stream, and so every later draw, stays the same."""
+        labels (N,), masks (N, H, W). ``pred_masks`` may be a ``FactoredMaskLogits``: its
+        logits are then sampled from its factors. Its points are drawn even when N = 0, as
+        Mask2Former draws them for every image: the random stream, and so every later draw,
+        stays the same."""
         cost_class = -pred_logits.float().softmax(-1)[:, labels]
-        pred_masks = pred_masks.float()
-        masks = masks.to(pred_masks)
         if self.num_points > 0:
-            coords = torch.rand(1, self.num_points, 2, device=pred_masks.device)
-            pred = point_sample(pred_masks[:, None], coords.expand(len(pred_masks), -1, -1),
-                                align_corners=False)[:, 0]
+            device = pred_logits.device
+            coords = torch.rand(1, self.num_points, 2, device=device)
+            if isinstance(pred_masks, FactoredMaskLogits):
+                pred = pred_masks.at_points(coords[0]).float()
+            else:
+                pred = point_sample(pred_masks[:, None].float(),
+                                    coords.expand(len(pred_masks), -1, -1),
+                                    align_corners=False)[:, 0]
+            masks = masks.to(pred)
             tgt = point_sample(masks[:, None], coords.expand(len(masks), -1, -1),
                                align_corners=False)[:, 0]
         else:
+            if isinstance(pred_masks, FactoredMaskLogits):
+                pred_masks = pred_masks.dense()
+            pred_masks = pred_masks.float()
+            masks = masks.to(pred_masks)
             pred = pred_masks.flatten(1)
             tgt = F.interpolate(masks[:, None], size=pred_masks.shape[-2:], mode="bilinear",
                                 align_corners=False)[:, 0].flatten(1) if len(masks) else \
@@ -65,7 +75,8 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs, targets):
-        """outputs: {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w)};
+        """outputs: {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w) logits or their
+        ``FactoredMaskLogits``};
         targets: B dicts {"labels": (N,) int64, "masks": (N, H, W)}.
 
         Returns B pairs (query_idx, target_idx) of int64 tensors of length min(Q, N):

@@ -1,13 +1,19 @@
 """Multi-scale deformable attention (Deformable DETR) in plain PyTorch.
 
-Sampling uses ``F.grid_sample``, so it runs wherever PyTorch runs (CPU, Apple MPS, CUDA) with no
-compiled extension: the compiled op is the part of Mask2Former users most often fail to build.
+It runs wherever PyTorch runs (CPU, Apple MPS, CUDA) with no compiled extension: the compiled op
+is the part of Mask2Former users most often fail to build.
 """
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..bilinear import bilinear_corners, framed_rows, sample_rows
+
+
+def _exporting():
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights):
@@ -17,7 +23,41 @@ def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_wei
     spatial_shapes: L pairs (H_l, W_l); sampling_locations (N, Lq, M, L, P, 2) as (x, y) in [0, 1]
     of each level (0 = left/top border, 1 = right/bottom border; outside samples zeros);
     attention_weights (N, Lq, M, L, P). Returns (N, Lq, M * D).
+
+    Each output row is one bag of the value rows at the 4 bilinear corners of its L * P points,
+    weighted bilinear x attention (``d2ext.modeling.bilinear``). ``grid_sample_core`` computes
+    the same sums with ``grid_sample``, channel by channel and with a further pass to weight
+    them; an export (torch.export, ONNX) writes that one, as ONNX has GridSample and exporters
+    write a bag sum as a loop over the bags. The two agree to rounding
+    (tests/test_ms_deform_attn.py).
     """
+    if _exporting():
+        return grid_sample_core(value, spatial_shapes, sampling_locations, attention_weights)
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, p, _ = sampling_locations.shape
+    device = value.device
+    # Each head's maps, channels last, framed by zeros: rows (image, head, level, pixel), so that
+    # the corners of a point are near each other in memory.
+    framed, firsts, start, total = [], [], 0, 0
+    for h, w in spatial_shapes:
+        framed.append(framed_rows(value[:, start:start + h * w].transpose(1, 2)
+                                  .reshape(n * m, h, w, d)))
+        firsts.append(total)
+        start, total = start + h * w, total + (h + 2) * (w + 2)
+    rows = torch.cat(framed, 1).view(n * m * total, d)
+    size = torch.tensor([(w, h) for h, w in spatial_shapes], device=device).view(
+        num_levels, 1, 2)
+    index, weights = bilinear_corners(sampling_locations, size, scale=attention_weights)
+    index_dtype = torch.int32 if n * m * total < 2**31 else torch.int64
+    first = (torch.arange(n * m, device=device, dtype=index_dtype).view(n, 1, m, 1, 1) * total
+             + torch.tensor(firsts, device=device, dtype=index_dtype).view(num_levels, 1))
+    index = index + first[..., None]  # (N, Lq, M, L, P, 4)
+    bags = n * lq * m
+    return sample_rows(rows, index.view(bags, -1), weights.view(bags, -1)).view(n, lq, m * d)
+
+
+def grid_sample_core(value, spatial_shapes, sampling_locations, attention_weights):
+    """``ms_deform_attn_core`` with ``F.grid_sample``, per level (exports write this one)."""
     n, _, m, d = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
     grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1], align_corners=False
@@ -79,8 +119,13 @@ class MSDeformAttn(nn.Module):
         n, lq, c = query.shape
         m, lv, p = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(value).view(n, value.shape[1], m, c // m)
-        offsets = self.sampling_offsets(query).view(n, lq, m, lv, p, 2)
-        weights = self.attention_weights(query).view(n, lq, m, lv * p).softmax(-1)
+        # Offsets and attention logits in one product: one pass over the queries, both ways.
+        both = F.linear(query, torch.cat((self.sampling_offsets.weight,
+                                          self.attention_weights.weight)),
+                        torch.cat((self.sampling_offsets.bias, self.attention_weights.bias)))
+        offsets, logits = both.split([m * lv * p * 2, m * lv * p], -1)
+        offsets = offsets.view(n, lq, m, lv, p, 2)
+        weights = logits.reshape(n, lq, m, lv * p).softmax(-1)
         # Offsets are in pixels of each level: divide by (W, H) to get [0, 1] units.
         # torch.tensor, not as_tensor: under torch.export only the former keeps them symbolic.
         normalizer = torch.tensor([(w, h) for h, w in spatial_shapes], dtype=offsets.dtype,

@@ -21,13 +21,15 @@ NUM_DECODER_SCALES = 3
 
 
 class DeformableEncoderLayer(nn.Module):
-    """Post-norm layer: multi-scale deformable self-attention, then an MLP. (N, S, C) -> same."""
+    """Post-norm layer: multi-scale deformable self-attention, then an MLP. (N, S, C) -> same.
+    The MLP's ReLU is not in place: on the (N, S, C) view of a matrix product, an in-place one
+    makes autograd copy the whole activation back through the view in the backward pass."""
 
     def __init__(self, dim, dim_feedforward, n_levels, n_heads, n_points, dropout=0.0):
         super().__init__()
         self.self_attn = MSDeformAttn(dim, n_levels, n_heads, n_points)
         self.norm1 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim_feedforward), nn.ReLU(inplace=True),
+        self.ffn = nn.Sequential(nn.Linear(dim, dim_feedforward), nn.ReLU(),
                                  nn.Dropout(dropout), nn.Linear(dim_feedforward, dim))
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)

@@ -7,6 +7,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 from torch.nn import functional as F
 
+from ..mask_ops import FactoredMaskLogits
 from ..position_encoding import sine_position_embedding
 
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
@@ -22,7 +23,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.cross_attn = nn.MultiheadAttention(dim, nheads, dropout=dropout, batch_first=True)
         self.self_attn = nn.MultiheadAttention(dim, nheads, dropout=dropout, batch_first=True)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim_feedforward), nn.ReLU(inplace=True),
+        self.ffn = nn.Sequential(nn.Linear(dim, dim_feedforward), nn.ReLU(),
                                  nn.Dropout(dropout), nn.Linear(dim_feedforward, dim))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
@@ -51,6 +52,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     """forward(multi_scale_features: list of (B, in_channels, h_i, w_i), coarsest first;
     mask_features (B, mask_dim, H/4, W/4)) -> {"pred_logits": (B, Q, K+1), "pred_masks":
     (B, Q, H/4, W/4), "aux_outputs": the same two keys for each earlier prediction (training)}.
+    In training the mask logits are ``FactoredMaskLogits`` (the mask embeddings and
+    ``mask_features``), which the set criterion reads without the full product.
 
     ``dec_layers`` attention layers cycle through the 3 scales. A prediction is made from the
     learned queries alone and after every layer; each one's mask (> 0.5 after sigmoid), at the
@@ -81,8 +84,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 weight_init.c2_xavier_fill(proj)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = nn.Sequential(
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, mask_dim))
 
     @classmethod
@@ -99,20 +102,25 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
                 "enforce_input_project": mf.ENFORCE_INPUT_PROJ, "dropout": mf.DROPOUT}
 
-    def _predict(self, queries, mask_features, attn_features, full_masks):
-        """Class logits, full-resolution mask logits (if ``full_masks``) and the attention mask
-        for the next layer (B * heads, Q, h * w; True = blocked), read from ``attn_features``."""
+    def _predict(self, queries, mask_features, attn_features, full_masks, shared=None):
+        """Class logits, full-resolution mask logits (if ``full_masks``; in training their
+        ``FactoredMaskLogits``) and the attention mask for the next layer (B * heads, Q, h * w;
+        True = blocked), read from ``attn_features``."""
         x = self.decoder_norm(queries)
         logits = self.class_embed(x)
         embed = self.mask_embed(x)
-        masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features) if full_masks else None
+        masks = None
+        if full_masks:
+            # The criterion takes the factors: it needs the full maps of matched queries only.
+            masks = FactoredMaskLogits(embed, mask_features, shared) if self.training else \
+                torch.einsum("bqc,bchw->bqhw", embed, mask_features)
         attn_mask = None
         if attn_features is not None:
             # Bilinear downsampling commutes with the (linear) einsum, so masks at the attention
             # scale come from pre-downsampled features: Q x C x (h w) instead of Q x C x (H W).
             # Mask2Former downsamples the full-resolution masks instead: equal up to rounding
             # (a logit within rounding of 0 can flip its pixel of the attention mask).
-            small = torch.einsum("bqc,bchw->bqhw", embed, attn_features).flatten(2)
+            small = torch.einsum("bqc,bchw->bqhw", embed.detach(), attn_features).flatten(2)
             attn_mask = (small.sigmoid() < 0.5).detach()
             # A query whose mask is empty would attend to nothing: let it see everything.
             attn_mask[attn_mask.all(-1)] = False
@@ -129,7 +137,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             pos = sine_position_embedding(memory.shape, memory.shape[1] // 2, x.device, x.dtype)
             memory_pos.append(pos.flatten(2).transpose(1, 2))
             memories.append(memory.flatten(2).transpose(1, 2))
-            attn_features.append(F.interpolate(mask_features, size=x.shape[-2:],
+            # Only thresholded: no gradient flows through the attention masks.
+            attn_features.append(F.interpolate(mask_features.detach(), size=x.shape[-2:],
                                                mode="bilinear", align_corners=False))
         b = mask_features.shape[0]
         queries = self.query_feat.weight[None].expand(b, -1, -1)
@@ -137,10 +146,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         n_levels = self.num_feature_levels
 
         training = self.training
+        shared = {}  # what the training predictions' FactoredMaskLogits share
         predictions = []
         logits, masks, attn_mask = self._predict(
             queries, mask_features, attn_features[0] if self.layers else None,
-            training or not self.layers)
+            training or not self.layers, shared)
         predictions.append((logits, masks))
         for i, layer in enumerate(self.layers):
             level = i % n_levels
@@ -148,7 +158,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             last = i == len(self.layers) - 1
             logits, masks, attn_mask = self._predict(
                 queries, mask_features, None if last else attn_features[(i + 1) % n_levels],
-                training or last)
+                training or last, shared)
             predictions.append((logits, masks))
         out = {"pred_logits": predictions[-1][0], "pred_masks": predictions[-1][1]}
         if training:
