@@ -1,7 +1,7 @@
 """Full-resolution bool masks from low-resolution logits, and their boxes, on CPU budgets."""
 import torch
 
-from .bilinear import bilinear_corners, framed_rows, sample_rows
+from .bilinear import bilinear_corners, framed_rows, sample_bilinear
 
 
 def mask_boxes(masks):
@@ -105,6 +105,6 @@ class FactoredMaskLogits:
             rows = framed_rows(self.features.detach().permute(1, 2, 0)[None])[0]
             if self._image is not None:
                 self._shared[self._image] = rows
-        index, weights = bilinear_corners(coords, torch.tensor([w, h], device=coords.device))
-        sampled = sample_rows(rows, index, weights)  # (P, C)
+        index, fractions = bilinear_corners(coords, torch.tensor([w, h], device=coords.device))
+        sampled = sample_bilinear(rows, index, fractions[:, None])  # (P, C)
         return self.embed @ sampled.T.to(self.embed.dtype)

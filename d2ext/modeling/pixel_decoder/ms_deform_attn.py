@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..bilinear import bilinear_corners, framed_rows, sample_rows
+from ..bilinear import bilinear_corners, framed_rows, sample_bilinear
 
 
 def _exporting():
@@ -47,13 +47,15 @@ def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_wei
     rows = torch.cat(framed, 1).view(n * m * total, d)
     size = torch.tensor([(w, h) for h, w in spatial_shapes], device=device).view(
         num_levels, 1, 2)
-    index, weights = bilinear_corners(sampling_locations, size, scale=attention_weights)
+    index, fractions = bilinear_corners(sampling_locations, size)  # (N, Lq, M, L, P, 4 | 2)
     index_dtype = torch.int32 if n * m * total < 2**31 else torch.int64
     first = (torch.arange(n * m, device=device, dtype=index_dtype).view(n, 1, m, 1, 1) * total
              + torch.tensor(firsts, device=device, dtype=index_dtype).view(num_levels, 1))
-    index = index + first[..., None]  # (N, Lq, M, L, P, 4)
+    index = index + first[..., None]
     bags = n * lq * m
-    return sample_rows(rows, index.view(bags, -1), weights.view(bags, -1)).view(n, lq, m * d)
+    out = sample_bilinear(rows, index.view(bags, -1), fractions.view(bags, -1, 2),
+                          attention_weights.reshape(bags, -1))
+    return out.view(n, lq, m * d)
 
 
 def grid_sample_core(value, spatial_shapes, sampling_locations, attention_weights):
