@@ -13,7 +13,8 @@ from ..bilinear import bilinear_corners, framed_rows, sample_bilinear
 
 
 def _exporting():
-    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return (is_exporting is not None and is_exporting()) or torch.jit.is_tracing()
 
 
 def ms_deform_attn_core(value, spatial_shapes, sampling_locations, attention_weights):
