@@ -1,4 +1,5 @@
-"""Full-resolution bool masks from low-resolution logits, and their boxes, on CPU budgets."""
+"""Full-resolution bool masks from low-resolution logits, and their boxes, on CPU budgets; mask
+logits kept as their factors for the set criterion (``FactoredMaskLogits``)."""
 import torch
 
 from .bilinear import bilinear_corners, framed_rows, sample_bilinear
@@ -76,13 +77,6 @@ class FactoredMaskLogits:
         self.embed, self.features = embed, features
         self._shared = {} if shared is None else shared
         self._image = image
-
-    @property
-    def shape(self):
-        return self.embed.shape[:-1] + self.features.shape[-2:]
-
-    def __len__(self):
-        return len(self.embed)
 
     def __getitem__(self, image):
         """One image's factors (an int index of a batched instance)."""
